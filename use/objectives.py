@@ -1,0 +1,152 @@
+"""Pre-training objectives on last-layer hidden states of any backbone: CLM, FEP and SUP.
+
+- CLM: next-behavior cross-entropy.
+- FEP (future W-behavior prediction): multi-label prediction of which behaviors occur among the next
+  W tokens, binary cross-entropy with logits.
+- SUP (same user prediction): two segments of one user are a positive pair and the other users in the
+  batch are negatives; symmetric InfoNCE with a temperature.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+OBJECTIVES = ("CLM", "FEP", "SUP", "FEP_SUP", "FEP_CLM", "FEP_CLM_SUP")
+CONTRASTIVE_TYPES = ("Orig", "HardNeg")
+CONTRASTIVE_EMBEDDINGS = ("token", "state", "joint")
+
+
+def objective_parts(objective: str) -> tuple[str, ...]:
+    """Split an objective name such as "FEP_SUP" into its parts ("FEP", "SUP")."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"training objective {objective!r} is invalid; expected one of {', '.join(OBJECTIVES)}.")
+    return tuple(objective.split("_"))
+
+
+def masked_mean(hidden: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of hidden `(batch, seq, hidden)` over positions where mask `(batch, seq)` is 1, in float32."""
+    hidden = hidden.float()
+    if mask is None:
+        return hidden.mean(dim=1)
+    weights = mask.to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def clm_loss(hidden: Tensor, embedding_weight: Tensor, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Next-token cross-entropy over pairs of real positions, with the LM head tied to the input embedding.
+
+    Logits are formed only at positions whose next token is real, which saves the `(batch, seq, vocab)`
+    tensor for padded batches.
+    """
+    predict = torch.ones_like(input_ids[:, 1:], dtype=torch.bool)
+    if attention_mask is not None:
+        predict = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    logits = F.linear(hidden[:, :-1][predict], embedding_weight)  # (predicted positions, vocab)
+    return F.cross_entropy(logits.float(), input_ids[:, 1:][predict])
+
+
+def behavior_mask(input_ids: Tensor, attention_mask: Tensor | None, first_behavior_id: int, unk_token_id: int) -> Tensor:
+    """True at real behavior tokens: ids from `first_behavior_id` on, and [UNK] (a real but unknown behavior)."""
+    content = (input_ids >= first_behavior_id) | (input_ids == unk_token_id)
+    if attention_mask is not None:
+        content &= attention_mask.bool()
+    return content
+
+
+def build_fep_targets(
+    stream_ids: Tensor,
+    content: Tensor,
+    window: int,
+    num_positions: int,
+    first_behavior_id: int,
+    num_behaviors: int,
+    context_length: int = 0,
+    frequency: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Build FEP multi-hot targets for the first `num_positions` positions of a token stream.
+
+    Target row t `(num_behaviors,)` marks the behaviors among stream tokens t+1 .. t+W, as class
+    `id - first_behavior_id` ([UNK] counts as a real token but marks no class). A position gets loss
+    (mask True) only when its whole window lies inside real behavior tokens (`content`), t is at least
+    `context_length`, and t + 1 is a multiple of `frequency` (so frequency k keeps the k-th, 2k-th, ...
+    positions). `stream_ids` and `content` are `(batch, stream_len)`; the stream may extend past the
+    model input, so the last input positions can have complete windows.
+
+    Returns targets `(batch, num_positions, num_behaviors)` bool and mask `(batch, num_positions)` bool.
+    """
+    if window < 1:
+        raise ValueError(f"FEP window size must be at least 1, got {window}.")
+    if frequency < 1:
+        raise ValueError(f"FEP loss frequency must be at least 1, got {frequency}.")
+    batch, stream_len = stream_ids.shape
+    needed = num_positions + window
+    if stream_len < needed:
+        pad = needed - stream_len
+        stream_ids = F.pad(stream_ids, (0, pad), value=0)
+        content = F.pad(content, (0, pad), value=False)
+
+    # Class per stream token; a non-behavior token goes to an extra column that is dropped at the end.
+    classes = stream_ids - first_behavior_id
+    is_class = content & (classes >= 0) & (classes < num_behaviors)
+    classes = torch.where(is_class, classes, torch.full_like(classes, num_behaviors))
+
+    # Windows starting at s = t + 1 for t = 0 .. num_positions - 1: (batch, num_positions, window).
+    class_windows = classes[:, 1:needed].unfold(1, window, 1)
+    content_windows = content[:, 1:needed].unfold(1, window, 1)
+
+    targets = torch.zeros(batch, num_positions, num_behaviors + 1, dtype=torch.bool, device=stream_ids.device)
+    targets.scatter_(2, class_windows, True)
+
+    positions = torch.arange(num_positions, device=stream_ids.device)
+    keep = (positions >= context_length) & ((positions + 1) % frequency == 0)
+    mask = content_windows.all(dim=-1) & keep[None, :]
+    return targets[..., :num_behaviors], mask
+
+
+def fep_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy with logits, mean over kept positions and all behaviors.
+
+    logits and targets are `(kept positions, num_behaviors)`.
+    """
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+def info_nce_loss(embeddings: Tensor, temperature: float, contrastive_type: str = "Orig") -> Tensor:
+    """Symmetric InfoNCE over user pairs in rows (2i, 2i+1) of L2-normalised embeddings `(2 * users, dim)`.
+
+    Both segments of a user act as anchors; the other users' segments in the batch are the negatives.
+    "Orig" is the SimCLR loss; "HardNeg" re-weights each anchor's negatives by exp(similarity /
+    temperature), normalised to mean 1 and detached, so harder negatives count more. Logits are formed
+    in float32 and the loss is a cross-entropy (log-sum-exp), so it is finite for any temperature;
+    identical embeddings give ln(users) for both types.
+    """
+    if embeddings.shape[0] % 2 != 0:
+        raise ValueError(
+            f"SUP needs two segments per user in adjacent rows, but the batch has {embeddings.shape[0]} rows."
+        )
+    if temperature <= 0:
+        raise ValueError(f"contrastive temperature must be positive, got {temperature}.")
+    if contrastive_type not in CONTRASTIVE_TYPES:
+        raise ValueError(f"contrastive type {contrastive_type!r} is invalid; expected one of {CONTRASTIVE_TYPES}.")
+
+    embeddings = embeddings.float()
+    first, second = embeddings[0::2], embeddings[1::2]
+    logits = first @ second.T / temperature  # (users, users); the diagonal holds the positive pairs
+    users = logits.shape[0]
+    labels = torch.arange(users, device=logits.device)
+
+    losses = []
+    for anchor_logits in (logits, logits.T):
+        if contrastive_type == "HardNeg" and users > 1:
+            anchor_logits = anchor_logits + _hard_negative_log_weights(anchor_logits)
+        losses.append(F.cross_entropy(anchor_logits, labels))
+    return (losses[0] + losses[1]) / 2
+
+
+def _hard_negative_log_weights(logits: Tensor) -> Tensor:
+    """Log weights that scale each row's negatives by exp(logit), normalised to mean 1; 0 on the diagonal."""
+    users = logits.shape[0]
+    off_diagonal = ~torch.eye(users, dtype=torch.bool, device=logits.device)
+    negatives = logits.detach().masked_fill(~off_diagonal, float("-inf"))
+    log_mean = torch.logsumexp(negatives, dim=1, keepdim=True) - torch.log(torch.tensor(users - 1.0))
+    return torch.where(off_diagonal, negatives - log_mean, torch.zeros_like(logits))
