@@ -238,7 +238,7 @@ class RetNetModel(RetNetPreTrainedModel):
         positions = offsets[:, None] + torch.arange(seq_len, device=input_ids.device)[None, :]
 
         x = self.dropout(self.embed_tokens(input_ids))
-        states = self._initial_states(past_states, use_cache or mode == "recurrent", batch, x)
+        states = self._initial_states(past_states, use_cache or mode != "parallel", batch, x)
 
         all_hidden = (x,) if output_hidden_states else None
         new_states = []
