@@ -168,7 +168,7 @@ def test_left_padding_is_rejected():
 def test_state_of_other_batch_is_rejected():
     model = tiny_retnet()
     state = RetNetState.zeros(model.config, batch_size=3)
-    with pytest.raises(ValueError, match="3 rows"):
+    with pytest.raises(ValueError, match="contains 3 rows"):
         model(random_ids(2, 10), past_states=state)
 
 

@@ -1,7 +1,7 @@
 """Mean-pooled user embeddings: from scratch, and stateful (continued from a carried RetNet state).
 
-A user's embedding is the mean of last-layer hidden states over their behaviors. The model sees
-[CLS] followed by the behaviors; the [CLS] position is not pooled. With RetNet the sum of hidden
+A user's embedding is the mean of last-layer hidden states over their behaviors. The model's input
+is [CLS] followed by the behaviors; the [CLS] position is not pooled. With RetNet the sum of hidden
 states, the count and the retention state are all a user needs to absorb new behavior, at a cost that
 does not grow with the length of their history.
 """
@@ -33,7 +33,7 @@ def load_model_and_tokenizer(
     model = AutoModel.from_pretrained(model_path)
     if not isinstance(model, UserModel):
         raise ValueError(
-            f"{str(model_path)!r} holds a {type(model).__name__}, not a UserModel; pass a checkpoint written by "
+            f"{str(model_path)!r} contains a {type(model).__name__}, not a UserModel; pass a checkpoint written by "
             "train_user_model.py."
         )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -70,7 +70,7 @@ def pad_batch(sequences: list[list[int]], pad_id: int, device=None) -> tuple[Ten
 
 @dataclass
 class EmbeddingState:
-    """What a batch of users needs to continue their embeddings.
+    """Embedding state of a batch of users: everything needed to continue their embeddings.
 
     hidden_sum: `(batch, hidden)` float32 sum of last-layer hidden states over behaviors.
     count: `(batch,)` number of behaviors seen.

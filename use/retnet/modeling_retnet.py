@@ -232,7 +232,7 @@ class RetNetModel(RetNetPreTrainedModel):
             offsets = past_states.offsets.to(input_ids.device)
             if offsets.shape != (batch,):
                 raise ValueError(
-                    f"past_states holds {offsets.shape[0]} rows but input_ids has batch size {batch}; "
+                    f"past_states contains {offsets.shape[0]} rows but input_ids has batch size {batch}; "
                     "pass the state of exactly these rows (RetNetState.select)."
                 )
         positions = offsets[:, None] + torch.arange(seq_len, device=input_ids.device)[None, :]
