@@ -48,6 +48,8 @@ def check_tokenizer_matches(model: UserModel, tokenizer: PreTrainedTokenizerBase
         "vocabulary size": (config.vocab_size, len(tokenizer)),
         "[PAD] id": (config.pad_token_id, tokenizer.pad_token_id),
         "[CLS] id": (config.cls_token_id, tokenizer.cls_token_id),
+        "[SEP] id": (config.sep_token_id, tokenizer.sep_token_id),
+        "[UNK] id": (config.unk_token_id, tokenizer.unk_token_id),
     }
     for what, (model_value, tokenizer_value) in expected.items():
         if model_value != tokenizer_value:

@@ -262,8 +262,9 @@ class UserModel(PreTrainedModel):
             )
         mask = mask.bool()
         if not bool(mask.any()):
-            # No position has a complete window: a zero loss that keeps the head in the graph.
-            return self.fep_head.weight.sum() * 0.0
+            # No position has a complete window: a zero loss that keeps every FEP parameter in the graph,
+            # which DDP needs to find a gradient for each parameter.
+            return self.fep_head(hidden[:, 0]).sum() * 0.0
         logits = self.fep_head(hidden[mask])  # (kept positions, num_behaviors)
         return fep_loss(logits, targets[mask])
 
