@@ -1,0 +1,104 @@
+"""`python -m use.embed`: a TSV of new events updates the store, prints a summary and exports."""
+
+import csv
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from use.embed import main, read_events
+from use.state import UserStateStore, ids_path_for
+
+from .conftest import tiny_user_model
+from .test_state import REPO, TOKENIZER, checkpoint, one_pass  # noqa: F401 (checkpoint is a fixture)
+
+
+def write_tsv(path, rows, header=("user_id", "events")):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def run_cli(checkpoint, store_path, input_path, *extra) -> int:
+    arguments = ["--model_path", str(checkpoint), "--tokenizer_path", str(TOKENIZER), "--store", str(store_path)]
+    return main(arguments + ["--input", str(input_path), *extra])
+
+
+def test_read_events_keeps_tabs_quotes_and_repeats(tmp_path):
+    path = write_tsv(tmp_path / "events.tsv", [("a", 'say "hi"\tthen\nleave'), ("b", ""), ("a", "!")])
+    user_ids, events = read_events(path)
+    assert user_ids == ["a", "b"]
+    assert events == ['say "hi"\tthen\nleave!', ""]
+
+
+def test_read_events_rejects_bad_rows(tmp_path):
+    missing = write_tsv(tmp_path / "missing.tsv", [("a", "x")], header=("user", "events"))
+    with pytest.raises(ValueError, match="must name the columns"):
+        read_events(missing)
+
+    unquoted = tmp_path / "unquoted.tsv"
+    unquoted.write_text("user_id\tevents\na\tone\ttab\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2 has 3 fields"):
+        read_events(unquoted)
+
+    anonymous = write_tsv(tmp_path / "anonymous.tsv", [("", "x")])
+    with pytest.raises(ValueError, match="line 2 has an empty user_id"):
+        read_events(anonymous)
+
+
+def test_cli_updates_continues_and_exports(tmp_path, checkpoint, caplog):
+    caplog.set_level(logging.INFO, logger="use.embed")
+    store_path = tmp_path / "users.db"
+    first = write_tsv(tmp_path / "day1.tsv", [("alice", "hello"), ("bob", "h\u00e9y\tyou"), ("alice", " there")])
+    second = write_tsv(tmp_path / "day2.tsv", [("bob", "!"), ("carol", "new"), ("alice", "")])
+    export = tmp_path / "embeddings.npy"
+
+    assert run_cli(checkpoint, store_path, first) == 0
+    assert "updated 2 users (2 new, 0 continued, 0 reset) with 18 behaviors (2 unknown characters" in caplog.text
+    caplog.clear()
+    assert run_cli(checkpoint, store_path, second, "--export", str(export)) == 0
+    assert "updated 2 users (1 new, 1 continued, 0 reset) with 4 behaviors (0 unknown characters" in caplog.text
+    assert "1 users had no new events and 0 were skipped; the store contains 3 users" in caplog.text
+
+    with UserStateStore.open(store_path, checkpoint, TOKENIZER) as store:
+        expected, _ = one_pass(store, ["hello there", "h\u00e9y\tyou!", "new"])
+        assert (store.get(["alice", "bob", "carol"]) - expected).abs().max() <= 1e-4
+    assert ids_path_for(export).read_text(encoding="utf-8").splitlines() == ["alice", "bob", "carol"]
+    assert np.abs(np.load(export) - expected.numpy()).max() <= 1e-4
+
+
+def test_cli_reports_store_errors(tmp_path, checkpoint, caplog):
+    caplog.set_level(logging.INFO, logger="use.embed")
+    gpt2 = tmp_path / "gpt2"
+    tiny_user_model("gpt2", vocab_size=101, objective="CLM").save_pretrained(gpt2)
+    events = write_tsv(tmp_path / "events.tsv", [("alice", "hello")])
+    assert run_cli(gpt2, tmp_path / "users.db", events) == 1
+    assert "GPT-2" in caplog.text
+
+    other = tmp_path / "other"
+    tiny_user_model("retnet", vocab_size=101, chunk_size=8, objective="CLM", initializer_range=0.05).save_pretrained(other)
+    store_path = tmp_path / "shared.db"
+    assert run_cli(checkpoint, store_path, events) == 0
+    caplog.clear()
+    assert run_cli(other, store_path, events) == 1
+    assert "--reset_mismatched" in caplog.text
+    assert run_cli(other, store_path, events, "--reset_mismatched") == 0
+    assert "updated 1 users (0 new, 0 continued, 1 reset)" in caplog.text
+
+
+def test_module_entry_point(tmp_path, checkpoint):
+    events = write_tsv(tmp_path / "events.tsv", [("alice", "hello"), ("bob", "hi")])
+    command = [sys.executable, "-m", "use.embed", "--model_path", str(checkpoint), "--tokenizer_path", str(TOKENIZER)]
+    command += ["--store", str(tmp_path / "users.db"), "--input", str(events), "--export", str(tmp_path / "e.parquet")]
+    result = subprocess.run(
+        command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "updated 2 users (2 new, 0 continued, 0 reset) with 7 behaviors" in result.stderr
+    assert "updating users: 100%" in result.stderr
+    assert (tmp_path / "e.parquet").is_file()
