@@ -21,3 +21,13 @@ test: $(PY)
 
 test-slow: $(PY)
 	$(PY) -m pytest -q -m slow
+
+# The whole job on real public data: prepare, pre-train USE and its baselines, evaluate, summarise.
+demo: $(PY)
+	$(PY) scripts/run_demo.py --data $(DATA)
+
+bench: $(PY)
+	$(PY) bench/bench_fep.py
+	$(PY) bench/bench_embedding.py
+	$(PY) bench/bench_training.py
+	$(PY) bench/bench_state.py

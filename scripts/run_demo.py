@@ -1,0 +1,263 @@
+"""Run the USE demo end to end on real public data: prepare, pre-train, evaluate, summarise.
+
+`make demo` (or `make demo DATA=dna`) calls this script. It runs the project's own command-line
+scripts in subprocesses, exactly as a user would:
+
+1. `scripts/prepare_data.py` turns the public source into `data/<dataset>/{train.csv,eval.tsv}`.
+2. `train_user_model.py` pre-trains, with one size and budget for all of them:
+   USE (RetNet, FEP_SUP), USE-CLM (RetNet, CLM) and Trans-CLM (GPT-2, CLM).
+   An untrained RetNet of the same size is saved as a sanity baseline.
+3. `eval_reid.py` and `eval_classification.py` evaluate each model and the tf-idf baseline.
+4. The numbers go to `results/demo/<dataset>/summary.md`, beside each run's JSON and PNG.
+
+Every size and step count lives in `DATASETS` and `MODEL` below. Finished steps are skipped on a
+rerun (training resumes from its last checkpoint), so an interrupted demo continues where it stopped.
+"""
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from use import UserModel, UserModelConfig  # noqa: E402  (the path above makes the package importable)
+
+logger = logging.getLogger("run_demo")
+
+# Per dataset: the command that prepares it, the tokenizer, the evaluation lengths, and model
+# settings that differ from MODEL because the users are shorter.
+DATASETS = {
+    "dialog": {
+        "prepare": [
+            "scripts/prepare_data.py", "dialog", "--output-dir", "data/dialog", "--max-len", "1000",
+            "--num-eval-users", "100", "--max-train-users", "600", "--max-train-len", "6000",
+        ],
+        "tokenizer": "tokenizer/dialog",
+        "max_len": 1000,
+        "period_len": 125,
+        "model": {},
+    },
+    "dna": {
+        "prepare": [
+            "scripts/prepare_data.py", "dna", "--output-dir", "data/dna", "--max-len", "1000",
+            "--num-eval-users", "100", "--max-train-users", "1500", "--max-train-len", "3000",
+        ],
+        "tokenizer": "tokenizer/dna",
+        "max_len": 1000,
+        "period_len": 125,
+        "model": {},
+    },
+    "movielens": {
+        "prepare": ["scripts/prepare_movielens.py", "--output-dir", "data/movielens", "--context-events", "32"],
+        "tokenizer": "tokenizer/movielens",
+        "max_len": 32,
+        "period_len": 8,
+        "model": {"max_input": 66, "min_input": 9, "gap": 5},
+    },
+}
+
+# One size and one budget for every pre-trained model, so the comparison is fair.
+MODEL = {
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_heads": 4,
+    "max_input": 258,  # positions including [CLS] and [SEP]: 256 behaviors
+    "min_input": 130,
+    "batch_users": 16,
+    "max_steps": 200,
+    "learning_rate": 1e-3,
+    "fep_window_size": 5,
+    "gap": 10,
+}
+
+TRAINED = {
+    "USE": ("retnet", "FEP_SUP"),
+    "USE-CLM": ("retnet", "CLM"),
+    "Trans-CLM": ("gpt2", "CLM"),
+}
+UNTRAINED = "RetNet (untrained)"
+BASELINE = "tf-idf"
+
+
+def run(command: list[str], log_path: Path) -> None:
+    """Run one project script, streaming its output to the terminal and to `log_path`."""
+    logger.info("$ %s", " ".join(command))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        if process.wait() != 0:
+            raise SystemExit(f"step failed with exit code {process.returncode}: {' '.join(command)} (log: {log_path})")
+
+
+def prepare(dataset: str, logs: Path) -> None:
+    run([sys.executable, *DATASETS[dataset]["prepare"]], logs / "prepare.log")
+
+
+def train(name: str, backbone: str, objective: str, dataset: str, data_dir: Path, model_dir: Path, logs: Path) -> None:
+    if (model_dir / "model.safetensors").exists():
+        logger.info("%s is already trained in %s; skipping", name, model_dir)
+        return
+    model = {**MODEL, **DATASETS[dataset]["model"]}
+    heads_flag = "--num-heads" if backbone == "retnet" else "--num-attention-heads"
+    command = [
+        sys.executable, "train_user_model.py",
+        "--run-name", f"demo-{dataset}-{name}",
+        "--data-dir", str(data_dir / "train.csv"),
+        "--tokenizer-path", DATASETS[dataset]["tokenizer"],
+        "--model-output-path", str(model_dir),
+        "--cache-dir", str(REPO_ROOT / f"cache_{dataset}"),
+        "--model", backbone,
+        "--training-objective", objective,
+        "--hidden-size", str(model["hidden_size"]),
+        "--num-hidden-layers", str(model["num_hidden_layers"]),
+        heads_flag, str(model["num_heads"]),
+        "--max-model-input-size", str(model["max_input"]),
+        "--min-model-input-size", str(model["min_input"]),
+        "--user-segments-gap", str(model["gap"]),
+        "--fep-window-size", str(model["fep_window_size"]),
+        "--per-device-batch-size", str(model["batch_users"]),
+        "--max-steps", str(model["max_steps"]),
+        "--learning-rate", str(model["learning_rate"]),
+        "--warmup-ratio", "0.06",
+        "--test-size", "0.05",
+        "--eval-steps", str(model["max_steps"]),
+        "--save-steps", "100",
+        "--logging-steps", "25",
+        "--get-random-segment",
+    ]
+    run(command, logs / f"train_{name}.log")
+
+
+def save_untrained(reference_dir: Path, model_dir: Path, dataset: str) -> None:
+    """Save a RetNet of the trained USE's size with fresh random weights, and its tokenizer."""
+    if (model_dir / "model.safetensors").exists():
+        return
+    torch.manual_seed(0)
+    config = UserModelConfig.from_pretrained(reference_dir)
+    UserModel(config).save_pretrained(model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model_dir / name).write_bytes((REPO_ROOT / DATASETS[dataset]["tokenizer"] / name).read_bytes())
+    logger.info("Saved an untrained RetNet to %s", model_dir)
+
+
+def evaluate(name: str, model_dir: Path | None, dataset: str, data_dir: Path, out_dir: Path, logs: Path) -> None:
+    settings = DATASETS[dataset]
+    slug = name.replace(" ", "_").replace("(", "").replace(")", "")
+    for script, task in (("eval_reid.py", "reid"), ("eval_classification.py", "classification")):
+        output = out_dir / f"{slug}_{task}.json"
+        if output.exists():
+            logger.info("%s already exists; skipping", output)
+            continue
+        command = [
+            sys.executable, script,
+            "--dataset_dir", str(data_dir / "eval.tsv"),
+            "--tokenizer_path", settings["tokenizer"],
+            "--max_len", str(settings["max_len"]),
+            "--period_len", str(settings["period_len"]),
+            "--batch_size", "16",
+            "--output", str(output),
+            "--plot", str(out_dir / f"{slug}_{task}.png"),
+        ]
+        command += ["--model_path", str(model_dir)] if model_dir else ["--method_type", BASELINE]
+        run(command, logs / f"{slug}_{task}.log")
+
+
+def read_metrics(out_dir: Path, name: str) -> dict:
+    slug = name.replace(" ", "_").replace("(", "").replace(")", "")
+    reid = json.loads((out_dir / f"{slug}_reid.json").read_text())["results"]
+    classification = json.loads((out_dir / f"{slug}_classification.json").read_text())["results"]
+    return {"reid": reid, "classification": classification}
+
+
+def summary_rows(name: str, metrics: dict) -> list[str]:
+    rows = []
+    for strategy, periods in metrics["reid"].items():
+        last = periods[-1]
+        mean_mrr = sum(period["mrr"] for period in periods) / len(periods)
+        classified = metrics["classification"].get(strategy)
+        auc = f"{classified[-1]['auc_mean']:.3f}" if classified else "n/a"
+        f1 = f"{classified[-1]['macro_f1_mean']:.3f}" if classified else "n/a"
+        rows.append(f"| {name} | {strategy} | {last['mrr']:.3f} | {last['top_1']:.3f} | {mean_mrr:.3f} | {auc} | {f1} |")
+    return rows
+
+
+def write_summary(dataset: str, out_dir: Path, names: list[str], seconds: float) -> Path:
+    settings = DATASETS[dataset]
+    model = {**MODEL, **settings["model"]}
+    periods = settings["max_len"] // settings["period_len"]
+    lines = [
+        f"# USE demo on {dataset}",
+        "",
+        f"Command: `make demo DATA={dataset}`. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}. "
+        f"Date: {date.today().isoformat()}. Wall time: {seconds / 60:.1f} minutes.",
+        "",
+        f"Models: hidden {model['hidden_size']}, {model['num_hidden_layers']} layers, {model['num_heads']} heads, "
+        f"{model['max_steps']} steps of {model['batch_users']} users, segments of up to {model['max_input'] - 2} behaviors. "
+        f"Evaluation: history of {settings['max_len']} behaviors, {periods} periods of {settings['period_len']} new behaviors.",
+        "",
+        "MRR and top-1 are re-identification at the last period; mean MRR is over all periods. "
+        "AUC (one-vs-rest) and macro F1 are classification at the last period, mean over seeds.",
+        "",
+        "| model | strategy | MRR (last) | top-1 (last) | MRR (mean over periods) | AUC (last) | macro F1 (last) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        lines += summary_rows(name, read_metrics(out_dir, name))
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def sanity_check(out_dir: Path) -> None:
+    """Log whether the trained USE beats the untrained RetNet on stateful MRR at the last period."""
+    trained = read_metrics(out_dir, "USE")["reid"]["stateful"][-1]["mrr"]
+    untrained = read_metrics(out_dir, UNTRAINED)["reid"]["stateful"][-1]["mrr"]
+    verdict = "beats" if trained > untrained else "does NOT beat"
+    logger.info("Sanity check: trained USE (MRR %.3f) %s the untrained RetNet (MRR %.3f).", trained, verdict, untrained)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", choices=sorted(DATASETS), default="dialog", help="dataset to run the demo on")
+    parser.add_argument("--output-dir", default="results/demo", help="folder for the results (one sub-folder per dataset)")
+    parser.add_argument("--artifacts-dir", default="artifacts_demo", help="folder for the trained models")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    started = time.perf_counter()
+    dataset = args.data
+    data_dir = REPO_ROOT / "data" / dataset
+    out_dir = REPO_ROOT / args.output_dir / dataset
+    models_dir = REPO_ROOT / args.artifacts_dir / dataset
+    logs = out_dir / "logs"
+
+    prepare(dataset, logs)
+    for name, (backbone, objective) in TRAINED.items():
+        train(name, backbone, objective, dataset, data_dir, models_dir / name, logs)
+    save_untrained(models_dir / "USE", models_dir / UNTRAINED, dataset)
+
+    for name in [*TRAINED, UNTRAINED]:
+        evaluate(name, models_dir / name, dataset, data_dir, out_dir, logs)
+    evaluate(BASELINE, None, dataset, data_dir, out_dir, logs)
+
+    path = write_summary(dataset, out_dir, [*TRAINED, UNTRAINED, BASELINE], time.perf_counter() - started)
+    sanity_check(out_dir)
+    print(path.read_text(encoding="utf-8"))
+    logger.info("Wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()
