@@ -7,6 +7,7 @@
   batch are negatives; symmetric InfoNCE with a temperature.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -78,29 +79,88 @@ def build_fep_targets(
         raise ValueError(f"FEP window size must be at least 1, got {window}.")
     if frequency < 1:
         raise ValueError(f"FEP loss frequency must be at least 1, got {frequency}.")
-    batch, stream_len = stream_ids.shape
+    stream_len = stream_ids.shape[1]
     needed = num_positions + window
     if stream_len < needed:
         pad = needed - stream_len
         stream_ids = F.pad(stream_ids, (0, pad), value=0)
         content = F.pad(content, (0, pad), value=False)
 
-    # Class per stream token; a non-behavior token goes to an extra column that is dropped at the end.
-    classes = stream_ids - first_behavior_id
-    is_class = content & (classes >= 0) & (classes < num_behaviors)
-    classes = torch.where(is_class, classes, torch.full_like(classes, num_behaviors))
+    # The window of position t is stream tokens t+1 .. t+W, so only tokens 1 .. needed-1 matter.
+    future_content = content[:, 1:needed]
+    classes = stream_ids[:, 1:needed] - first_behavior_id
+    is_class = future_content & (classes >= 0) & (classes < num_behaviors)
+    if window < PACKED_MIN_WINDOW or classes.device.type != "cpu":
+        targets = _scatter_window_classes(classes, is_class, window, num_behaviors)
+    else:
+        targets = _packed_window_classes(classes, is_class, window, num_positions, num_behaviors)
 
-    # Windows starting at s = t + 1 for t = 0 .. num_positions - 1: (batch, num_positions, window).
-    class_windows = classes[:, 1:needed].unfold(1, window, 1)
-    content_windows = content[:, 1:needed].unfold(1, window, 1)
+    # A window is complete when it contains no non-content token, so compare running counts W tokens apart.
+    missing = F.pad((~future_content).cumsum(dim=1, dtype=torch.int32), (1, 0))  # (batch, needed)
+    mask = missing[:, window:needed] == missing[:, :num_positions]
+    if context_length > 0 or frequency > 1:
+        positions = torch.arange(num_positions, device=stream_ids.device)
+        keep = (positions >= context_length) & ((positions + 1) % frequency == 0)
+        mask &= keep[None, :]
+    return targets, mask
 
-    targets = torch.zeros(batch, num_positions, num_behaviors + 1, dtype=torch.bool, device=stream_ids.device)
+
+# On CPU, below this window size one scatter of every (position, window slot) pair is the fastest way
+# to fill the targets. From it on, OR-ing bit-packed rows wins, because that costs log2(W) passes over
+# the packed rows instead of W scattered writes per position. Both take about the same time near W = 9
+# (batch 16 x 512, 686 behaviors, one thread of a 2-core Xeon, timed like bench/bench_fep.py).
+# NOTE: other devices always take the scatter path, because the packed path unpacks bits with numpy.
+# No GPU version of the packed path has been written or timed against it.
+PACKED_MIN_WINDOW = 10
+
+
+def _scatter_window_classes(classes: Tensor, is_class: Tensor, window: int, num_behaviors: int) -> Tensor:
+    """Build multi-hot windows `(batch, positions, num_behaviors)` by scattering each window's classes.
+
+    `classes` and `is_class` are `(batch, positions + window - 1)`, starting at the first window's token.
+    """
+    # A non-behavior token goes to an extra column that is dropped at the end.
+    columns = torch.where(is_class, classes, torch.full_like(classes, num_behaviors))
+    class_windows = columns.unfold(1, window, 1)  # (batch, positions, window)
+    targets = torch.zeros(*class_windows.shape[:2], num_behaviors + 1, dtype=torch.bool, device=classes.device)
     targets.scatter_(2, class_windows, True)
+    return targets[..., :num_behaviors]
 
-    positions = torch.arange(num_positions, device=stream_ids.device)
-    keep = (positions >= context_length) & ((positions + 1) % frequency == 0)
-    mask = content_windows.all(dim=-1) & keep[None, :]
-    return targets[..., :num_behaviors], mask
+
+def _packed_window_classes(
+    classes: Tensor, is_class: Tensor, window: int, num_positions: int, num_behaviors: int
+) -> Tensor:
+    """Build multi-hot windows `(batch, num_positions, num_behaviors)` by OR-ing bit-packed token rows, on CPU.
+
+    Each token becomes a row of ceil(C / 8) bytes with bit c % 8 of byte c // 8 set for its class c.
+    Runs in numpy, whose small-array operations cost less than torch's here and which has unpackbits.
+    """
+    batch, length = classes.shape
+    num_bytes = (num_behaviors + 7) // 8
+    token_rows = np.flatnonzero(is_class.numpy())  # behavior tokens, as rows of the sequences laid end to end
+    token_classes = classes.numpy().reshape(-1)[token_rows]
+    packed = np.zeros((batch * length, num_bytes), dtype=np.uint8)
+    packed[token_rows, token_classes >> 3] = np.left_shift(1, token_classes & 7).astype(np.uint8)
+
+    # Doubling: after each step, row r is the OR of the `span` rows from r on. Rows whose span runs into
+    # the next sequence are wrong, but no window reads them, because every window of a sequence ends
+    # by its row length - 1.
+    rows = packed.reshape(-1)
+    span = 1
+    while 2 * span <= window:
+        rows = rows[: -span * num_bytes] | rows[span * num_bytes :]
+        span *= 2
+    # span <= W < 2 * span, so the spans from rows t and t + W - span cover exactly the W rows of window t.
+    shift = (window - span) * num_bytes
+    if shift:
+        rows = rows[:-shift] | rows[shift:]
+    windows = np.lib.stride_tricks.as_strided(
+        rows, (batch, num_positions, num_bytes), (length * num_bytes, num_bytes, 1), writeable=False
+    )
+
+    # bitorder="little" puts bit i of byte j at column 8j + i, which is class 8j + i.
+    unpacked = np.unpackbits(np.ascontiguousarray(windows).reshape(-1), bitorder="little")
+    return torch.from_numpy(unpacked).view(torch.bool).view(batch, num_positions, 8 * num_bytes)[..., :num_behaviors]
 
 
 def fep_loss(logits: Tensor, targets: Tensor) -> Tensor:
