@@ -117,3 +117,28 @@ def test_objective_names_split_into_parts():
     assert objective_parts("FEP_CLM_SUP") == ("FEP", "CLM", "SUP")
     with pytest.raises(ValueError, match="'MLM' is invalid"):
         objective_parts("MLM")
+
+
+@pytest.mark.parametrize("window", [9, 10, 17, 100])
+def test_fep_targets_match_explicit_windows(window):
+    """Both the scatter path (W < 10) and the bit-packed path (W >= 10) against a per-position loop."""
+    generator = torch.Generator().manual_seed(window)
+    num_behaviors, num_positions = 21, 150
+    ids = torch.randint(0, FIRST_BEHAVIOR_ID + num_behaviors, (3, num_positions + window), generator=generator)
+    ids[1, 90:] = PAD_ID
+    attention_mask = (ids != PAD_ID).long()
+    attention_mask[1, 90:] = 0
+    content = behavior_mask(ids, attention_mask, FIRST_BEHAVIOR_ID, UNK_ID)
+    targets, mask = build_fep_targets(
+        ids, content, window=window, num_positions=num_positions, first_behavior_id=FIRST_BEHAVIOR_ID,
+        num_behaviors=num_behaviors,
+    )
+
+    for row in range(3):
+        for position in range(num_positions):
+            tokens = ids[row, position + 1 : position + 1 + window]
+            assert bool(mask[row, position]) == bool(content[row, position + 1 : position + 1 + window].all())
+            expected = torch.zeros(num_behaviors, dtype=torch.bool)
+            classes = tokens[tokens >= FIRST_BEHAVIOR_ID] - FIRST_BEHAVIOR_ID
+            expected[classes] = True
+            assert torch.equal(targets[row, position], expected), f"row {row}, position {position}"

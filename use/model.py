@@ -46,7 +46,7 @@ class UserModelConfig(PreTrainedConfig):
     intermediate_size: int | None = None
     dropout: float | int = 0.1
     max_position_embeddings: int = 1024
-    chunk_size: int = 512
+    chunk_size: int = 128
     forward_mode: str = "auto"
     objective: str = "FEP_SUP"
     fep_window_size: int = 5

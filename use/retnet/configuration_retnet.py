@@ -24,7 +24,7 @@ class RetNetConfig(PreTrainedConfig):
     intermediate_size: int | None = None
     hidden_dropout: float | int = 0.1
     layer_norm_eps: float = 1e-5
-    chunk_size: int = 512
+    chunk_size: int = 128
     forward_mode: str = "auto"
     initializer_range: float = 0.02
     pad_token_id: int | None = 3
