@@ -4,9 +4,10 @@
         [--export embeddings.npy]
 
 The input is a tab-separated file with a header row that has the columns `user_id` and `events`.
-The events are the user's new behaviors in time order, one character per behavior. It is read with
-Python's csv module (tab delimiter, standard quoting), so events may contain tabs, line breaks or
-quotes when the file is written by `csv.writer(handle, delimiter="\t")`. Several rows of one user
+The events are the user's new behaviors in time order, as the tokenizer splits them: one character
+per behavior for the character tokenizers, one space-separated event name for an event tokenizer.
+The file is read with Python's csv module (tab delimiter, standard quoting), so events may contain
+tabs, line breaks or quotes when the file is written by `csv.writer(handle, delimiter="\t")`. Several rows of one user
 are concatenated in file order. A user not yet in the store starts from scratch.
 """
 
