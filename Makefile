@@ -29,5 +29,6 @@ demo: $(PY)
 bench: $(PY)
 	$(PY) bench/bench_fep.py
 	$(PY) bench/bench_embedding.py
-	$(PY) bench/bench_training.py
-	$(PY) bench/bench_state.py
+	$(PY) bench/bench_training.py --hidden 128 --layers 2 --heads 4
+	$(PY) bench/bench_state.py --threads 1
+	$(PY) bench/bench_eval.py

@@ -41,6 +41,7 @@ DATASETS = {
             "scripts/prepare_data.py", "dialog", "--output-dir", "data/dialog", "--max-len", "1000",
             "--num-eval-users", "100", "--max-train-users", "600", "--max-train-len", "6000",
         ],
+        "data_dir": "data/dialog",
         "tokenizer": "tokenizer/dialog",
         "max_len": 1000,
         "period_len": 125,
@@ -51,6 +52,7 @@ DATASETS = {
             "scripts/prepare_data.py", "dna", "--output-dir", "data/dna", "--max-len", "1000",
             "--num-eval-users", "100", "--max-train-users", "1500", "--max-train-len", "3000",
         ],
+        "data_dir": "data/dna",
         "tokenizer": "tokenizer/dna",
         "max_len": 1000,
         "period_len": 125,
@@ -58,6 +60,7 @@ DATASETS = {
     },
     "movielens": {
         "prepare": ["scripts/prepare_movielens.py", "--output-dir", "data/movielens", "--context-events", "32"],
+        "data_dir": "data/movielens",
         "tokenizer": "tokenizer/movielens",
         "max_len": 32,
         "period_len": 8,
@@ -78,6 +81,44 @@ MODEL = {
     "fep_window_size": 5,
     "gap": 10,
 }
+
+# `--quick`: the same pipeline at the smallest sizes that exercise every step, in separate folders.
+QUICK_DATASETS = {
+    "dialog": {
+        "prepare": [
+            "scripts/prepare_data.py", "dialog", "--output-dir", "data/dialog-quick", "--max-len", "200",
+            "--num-eval-users", "12", "--max-train-users", "60", "--max-train-len", "2000",
+        ],
+        "data_dir": "data/dialog-quick",
+        "tokenizer": "tokenizer/dialog",
+        "max_len": 200,
+        "period_len": 50,
+        "model": {},
+    },
+    "dna": {
+        "prepare": [
+            "scripts/prepare_data.py", "dna", "--output-dir", "data/dna-quick", "--max-len", "200",
+            "--num-eval-users", "12", "--max-train-users", "60", "--max-train-len", "2000",
+        ],
+        "data_dir": "data/dna-quick",
+        "tokenizer": "tokenizer/dna",
+        "max_len": 200,
+        "period_len": 50,
+        "model": {},
+    },
+    "movielens": {
+        "prepare": [
+            "scripts/prepare_movielens.py", "--output-dir", "data/movielens-quick", "--tokenizer-output",
+            "tokenizer/movielens-quick", "--context-events", "16", "--eval-size", "12",
+        ],
+        "data_dir": "data/movielens-quick",
+        "tokenizer": "tokenizer/movielens-quick",
+        "max_len": 16,
+        "period_len": 8,
+        "model": {"max_input": 34, "min_input": 9, "gap": 5},
+    },
+}
+QUICK_MODEL = {"hidden_size": 32, "num_hidden_layers": 1, "num_heads": 2, "max_input": 66, "min_input": 34, "batch_users": 4, "max_steps": 10}
 
 TRAINED = {
     "USE": ("retnet", "FEP_SUP"),
@@ -234,12 +275,20 @@ def main(argv=None) -> None:
     parser.add_argument("--data", choices=sorted(DATASETS), default="dialog", help="dataset to run the demo on")
     parser.add_argument("--output-dir", default="results/demo", help="folder for the results (one sub-folder per dataset)")
     parser.add_argument("--artifacts-dir", default="artifacts_demo", help="folder for the trained models")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="smoke run at the smallest sizes (10 steps, 12 users), into results/demo-quick and artifacts_demo_quick",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        DATASETS.update(QUICK_DATASETS)
+        MODEL.update(QUICK_MODEL)
+        args.output_dir, args.artifacts_dir = "results/demo-quick", "artifacts_demo_quick"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     started = time.perf_counter()
     dataset = args.data
-    data_dir = REPO_ROOT / "data" / dataset
+    data_dir = REPO_ROOT / DATASETS[dataset]["data_dir"]
     out_dir = REPO_ROOT / args.output_dir / dataset
     models_dir = REPO_ROOT / args.artifacts_dir / dataset
     logs = out_dir / "logs"
