@@ -33,7 +33,7 @@ def test_read_events_keeps_tabs_quotes_and_repeats(tmp_path):
     path = write_tsv(tmp_path / "events.tsv", [("a", 'say "hi"\tthen\nleave'), ("b", ""), ("a", "!")])
     user_ids, events = read_events(path)
     assert user_ids == ["a", "b"]
-    assert events == ['say "hi"\tthen\nleave!', ""]
+    assert events == [['say "hi"\tthen\nleave', "!"], [""]]
 
 
 def test_read_events_rejects_bad_rows(tmp_path):
@@ -59,10 +59,10 @@ def test_cli_updates_continues_and_exports(tmp_path, checkpoint, caplog):
     export = tmp_path / "embeddings.npy"
 
     assert run_cli(checkpoint, store_path, first) == 0
-    assert "updated 2 users (2 new, 0 continued, 0 reset) with 18 behaviors (2 unknown characters" in caplog.text
+    assert "updated 2 users (2 new, 0 continued, 0 reset) with 18 behaviors (2 unknown to the tokenizer" in caplog.text
     caplog.clear()
     assert run_cli(checkpoint, store_path, second, "--export", str(export)) == 0
-    assert "updated 2 users (1 new, 1 continued, 0 reset) with 4 behaviors (0 unknown characters" in caplog.text
+    assert "updated 2 users (1 new, 1 continued, 0 reset) with 4 behaviors (0 unknown to the tokenizer" in caplog.text
     assert "1 users had no new events and 0 were skipped; the store contains 3 users" in caplog.text
 
     with UserStateStore.open(store_path, checkpoint, TOKENIZER) as store:
@@ -102,3 +102,21 @@ def test_module_entry_point(tmp_path, checkpoint):
     assert "updated 2 users (2 new, 0 continued, 0 reset) with 7 behaviors" in result.stderr
     assert "updating users: 100%" in result.stderr
     assert (tmp_path / "e.parquet").is_file()
+
+
+def test_bad_export_suffix_updates_nothing(tmp_path, caplog):
+    checkpoint = tmp_path / "model"
+    tiny_user_model().save_pretrained(checkpoint)
+    events = write_tsv(tmp_path / "events.tsv", [("a", "hello")])
+    store_path = tmp_path / "users.db"
+
+    assert run_cli(checkpoint, store_path, events, "--export", str(tmp_path / "out.csv")) == 1
+    assert "nothing was updated" in caplog.text
+    assert not store_path.exists()
+
+
+def test_missing_input_is_a_clear_error(tmp_path, caplog):
+    checkpoint = tmp_path / "model"
+    tiny_user_model().save_pretrained(checkpoint)
+    assert run_cli(checkpoint, tmp_path / "users.db", tmp_path / "absent.tsv") == 1
+    assert "absent.tsv" in caplog.text

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .state import StateStoreError, UserStateStore
+from .state.export import EXPORT_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_events(path: str | Path) -> tuple[list[str], list[str]]:
-    """Read (user ids, events) from the TSV, concatenating the events of repeated users in file order."""
+    """Read user ids and, per user, the events of each of their rows in file order."""
     csv.field_size_limit(_FIELD_SIZE_LIMIT)
     events_by_user: dict[str, list[str]] = {}
     rows = 0
@@ -82,44 +83,67 @@ def read_events(path: str | Path) -> tuple[list[str], list[str]]:
 
     if rows > len(events_by_user):
         logger.info("concatenated %d rows of repeated users into %d users.", rows, len(events_by_user))
-    return list(events_by_user), ["".join(pieces) for pieces in events_by_user.values()]
+    return list(events_by_user), list(events_by_user.values())
+
+
+def join_rows(tokenizer, pieces: list[str]) -> str | list[int]:
+    """Return one user's new behavior: their single row, or the token ids of their rows in file order.
+
+    Rows are tokenised one by one, so no behavior spans two rows, whichever way the tokenizer splits
+    text (joining the strings would merge two event names of a word-level tokenizer into one).
+    """
+    if len(pieces) == 1:
+        return pieces[0]
+    ids: list[int] = []
+    for piece in pieces:
+        ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    user_ids, events = read_events(args.input)
+    try:
+        return run(args)
+    except (StateStoreError, OSError, ValueError) as error:
+        logger.error("%s", error)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.export and Path(args.export).suffix not in EXPORT_SUFFIXES:
+        raise ValueError(f"--export {args.export!r} must end in one of {EXPORT_SUFFIXES}; nothing was updated.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size {args.batch_size} must be at least 1.")
+    user_ids, pieces = read_events(args.input)
     logger.info("read %d users from %s", len(user_ids), args.input)
 
     dtype = DTYPES[args.dtype] if args.dtype else None
-    try:
-        with UserStateStore.open(
-            args.store, args.model_path, args.tokenizer_path, device=args.device, dtype=dtype, batch_size=args.batch_size
-        ) as store:
-            start = time.perf_counter()
-            report = store.update_with_report(
-                user_ids, events, reset_mismatched=args.reset_mismatched, skip_invalid=args.skip_invalid, progress=True
-            )
-            seconds = time.perf_counter() - start
-            logger.info(
-                "updated %d users (%d new, %d continued, %d reset) with %d behaviors (%d unknown characters entered as "
-                "[UNK]) in %.1f s; %d users had no new events and %d were skipped; the store contains %d users.",
-                report.written_users,
-                report.new_users,
-                report.updated_users,
-                len(report.reset_users),
-                report.behaviors,
-                report.unknown_tokens,
-                seconds,
-                len(report.empty_users),
-                len(report.skipped),
-                len(store),
-            )
-            if args.export:
-                store.export(args.export, skip_invalid=args.skip_invalid)
-    except StateStoreError as error:
-        logger.error("%s", error)
-        return 1
+    with UserStateStore.open(
+        args.store, args.model_path, args.tokenizer_path, device=args.device, dtype=dtype, batch_size=args.batch_size
+    ) as store:
+        events = [join_rows(store.tokenizer, user_pieces) for user_pieces in pieces]
+        start = time.perf_counter()
+        report = store.update_with_report(
+            user_ids, events, reset_mismatched=args.reset_mismatched, skip_invalid=args.skip_invalid, progress=True
+        )
+        seconds = time.perf_counter() - start
+        logger.info(
+            "updated %d users (%d new, %d continued, %d reset) with %d behaviors (%d unknown to the tokenizer, "
+            "entered as [UNK]) in %.1f s; %d users had no new events and %d were skipped; the store contains %d users.",
+            report.written_users,
+            report.new_users,
+            report.updated_users,
+            len(report.reset_users),
+            report.behaviors,
+            report.unknown_tokens,
+            seconds,
+            len(report.empty_users),
+            len(report.skipped),
+            len(store),
+        )
+        if args.export:
+            store.export(args.export, skip_invalid=args.skip_invalid)
     return 0
 
 
