@@ -113,6 +113,15 @@ def prepare_behaviors(
         data.contexts.append(list(context[: schedule.context_len]))
 
     log_skipped_rows(skipped, users.path)
+    if skipped and not data.rows:
+        longest = max(len(context) for context in contexts) if contexts else 0
+        logger.error(
+            "No user has %d context behaviors; the longest context has %d. Pass a --max_len (and --period_len) "
+            "that fits the file, for example --max_len %d.",
+            schedule.context_len,
+            longest,
+            max(longest // schedule.period_len * schedule.period_len, schedule.period_len),
+        )
     logger.info(
         "History window: last %d behaviors (%d user(s) truncated to it, %d shorter and used whole); "
         "context: %d period(s) of %d behaviors",
