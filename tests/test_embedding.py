@@ -1,5 +1,7 @@
 """Stateful embeddings equal one pass over the whole history; padding and GPT-2 windows pool correctly."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -90,3 +92,27 @@ def test_gpt2_window_beyond_context_is_rejected():
 def test_empty_sequence_is_rejected(retnet_user_model):
     with pytest.raises(ValueError, match="first at index 1"):
         embed_sequences(retnet_user_model, [[5, 6], []], progress=False)
+
+
+def test_tokenizer_with_permuted_ids_is_rejected(tmp_path):
+    import json
+    import shutil
+
+    from use.embedding import load_model_and_tokenizer
+
+    dna = Path(__file__).resolve().parents[1] / "tokenizer" / "dna"
+    model = tiny_user_model("retnet", "CLM", vocab_size=10)
+    model.save_pretrained(tmp_path / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(dna / name, tmp_path / "model" / name)
+    loaded, _ = load_model_and_tokenizer(tmp_path / "model", dna)
+    assert loaded.config.vocab_size == 10
+
+    permuted = tmp_path / "permuted"
+    shutil.copytree(dna, permuted)
+    spec = json.loads((permuted / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["A"], vocab["C"] = vocab["C"], vocab["A"]
+    (permuted / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="2 tokens have other ids"):
+        load_model_and_tokenizer(tmp_path / "model", permuted)

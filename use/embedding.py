@@ -38,7 +38,26 @@ def load_model_and_tokenizer(
         )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     check_tokenizer_matches(model, tokenizer, tokenizer_path)
+    _check_saved_vocabulary(model_path, tokenizer, tokenizer_path)
     return model.to(device).eval(), tokenizer
+
+
+def _check_saved_vocabulary(model_path, tokenizer: PreTrainedTokenizerBase, tokenizer_path) -> None:
+    """Raise ValueError when the model folder's own tokenizer maps any token to another id.
+
+    Training saves the tokenizer beside the model, so this catches a tokenizer of the same size
+    whose ids are ordered differently, which the size and special-token checks cannot see.
+    """
+    if not (Path(model_path) / "tokenizer.json").is_file():
+        return
+    saved = AutoTokenizer.from_pretrained(model_path).get_vocab()
+    given = tokenizer.get_vocab()
+    differing = sorted(token for token in saved.keys() | given.keys() if saved.get(token) != given.get(token))
+    if differing:
+        raise ValueError(
+            f"tokenizer {str(tokenizer_path)!r} does not match the one saved with the model in {str(model_path)!r}: "
+            f"{len(differing)} tokens have other ids (first: {differing[0]!r}). Pass --tokenizer_path {str(model_path)!r}."
+        )
 
 
 def check_tokenizer_matches(model: UserModel, tokenizer: PreTrainedTokenizerBase, tokenizer_path="the tokenizer") -> None:
