@@ -243,7 +243,8 @@ def write_summary(dataset: str, out_dir: Path, names: list[str], seconds: float)
         "",
         f"Command: `make demo DATA={dataset}`. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}. "
-        f"Date: {date.today().isoformat()}. Wall time: {seconds / 60:.1f} minutes.",
+        f"Date: {date.today().isoformat()}. Wall time of this invocation (finished steps are skipped on a rerun): "
+        f"{seconds / 60:.1f} minutes.",
         "",
         f"Models: hidden {model['hidden_size']}, {model['num_hidden_layers']} layers, {model['num_heads']} heads, "
         f"{model['max_steps']} steps of {model['batch_users']} users, segments of up to {model['max_input'] - 2} behaviors. "
@@ -262,12 +263,12 @@ def write_summary(dataset: str, out_dir: Path, names: list[str], seconds: float)
     return path
 
 
-def sanity_check(out_dir: Path) -> None:
-    """Log whether the trained USE beats the untrained RetNet on stateful MRR at the last period."""
+def sanity_check(out_dir: Path) -> str:
+    """Return whether the trained USE beats the untrained RetNet on stateful MRR at the last period."""
     trained = read_metrics(out_dir, "USE")["reid"]["stateful"][-1]["mrr"]
     untrained = read_metrics(out_dir, UNTRAINED)["reid"]["stateful"][-1]["mrr"]
     verdict = "beats" if trained > untrained else "does NOT beat"
-    logger.info("Sanity check: trained USE (MRR %.3f) %s the untrained RetNet (MRR %.3f).", trained, verdict, untrained)
+    return f"Sanity check: trained USE (MRR {trained:.3f}) {verdict} the untrained RetNet (MRR {untrained:.3f})."
 
 
 def main(argv=None) -> None:
@@ -303,7 +304,10 @@ def main(argv=None) -> None:
     evaluate(BASELINE, None, dataset, data_dir, out_dir, logs)
 
     path = write_summary(dataset, out_dir, [*TRAINED, UNTRAINED, BASELINE], time.perf_counter() - started)
-    sanity_check(out_dir)
+    verdict = sanity_check(out_dir)
+    with path.open("a", encoding="utf-8") as summary:
+        summary.write(f"\n{verdict}\n")
+    logger.info("%s", verdict)
     print(path.read_text(encoding="utf-8"))
     logger.info("Wrote %s", path)
 

@@ -28,6 +28,6 @@ def test_quick_demo_writes_summary():
         assert f"| {model} | recompute |" in summary
     assert "| USE | stateful |" in summary
     assert "| Trans-CLM | stateful |" not in summary
-    assert "Sanity check: trained USE" in completed.stderr
+    assert "Sanity check: trained USE" in summary
     for name in ("USE", "USE-CLM", "Trans-CLM"):
         assert (REPO / "artifacts_demo_quick/dna" / name / "model.safetensors").is_file()
