@@ -304,3 +304,13 @@ def test_help_names_flags_and_units():
     assert "behaviors per period of new context activity" in reid_help
     assert "--mlp_hidden" not in reid_help
     assert "hidden layer sizes of the MLP classifier, in units" in classification_help
+
+
+def test_output_folder_is_rejected_before_work(tmp_path, caplog):
+    from use.evaluation.cli import main
+
+    # The dataset does not exist either: the folder check must come first, before any reading.
+    arguments = ["--dataset_dir", str(tmp_path / "absent.tsv"), "--method_type", "tf-idf", "--output", str(tmp_path)]
+    assert main("reid", arguments) == 1
+    assert "--output" in caplog.text
+    assert "is a folder" in caplog.text

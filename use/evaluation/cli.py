@@ -133,6 +133,7 @@ def run(task: str, args: argparse.Namespace) -> str:
     schedule = PeriodSchedule(max_len=args.max_len, period_len=args.period_len)
     if not args.seeds:
         raise ValueError("--seeds needs at least one value")
+    _check_output_paths(args)
     path = resolve_dataset_path(args.dataset_dir)
     users = read_eval_tsv(path)
     require_two_users(len(users), users.skipped, path)
@@ -162,6 +163,13 @@ def run(task: str, args: argparse.Namespace) -> str:
         "skipped_rows": [{"row": item.row, "reason": item.reason} for item in skipped],
     }
     return _score_and_report(task, args, embeddings, settings, dataset, schedule)
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Raise ValueError before any work when --output or --plot names a folder, so no result is lost."""
+    for flag, value in (("--output", args.output), ("--plot", args.plot)):
+        if value and Path(value).is_dir():
+            raise ValueError(f"{flag} {value!r} is a folder; pass a file path such as {str(Path(value) / 'results.json')!r}.")
 
 
 def _score_and_report(task, args, embeddings, settings, dataset, schedule: PeriodSchedule) -> str:
