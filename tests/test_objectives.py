@@ -52,7 +52,7 @@ def test_fep_stream_longer_than_input_completes_last_windows():
     assert targets[0, 9].nonzero().flatten().tolist() == [10, 11]
 
 
-def test_fep_unknown_token_counts_as_real_but_marks_nothing():
+def test_fep_unknown_token_marks_no_class():
     ids = torch.tensor([[5, 6, UNK_ID, 7, 8, 9]])
     content = behavior_mask(ids, None, FIRST_BEHAVIOR_ID, UNK_ID)
     targets, mask = build_fep_targets(ids, content, window=2, num_positions=4, first_behavior_id=5, num_behaviors=5)
@@ -79,7 +79,7 @@ def test_info_nce_of_identical_embeddings_is_log_batch(contrastive_type, dtype, 
 
 
 @pytest.mark.parametrize("contrastive_type", ["Orig", "HardNeg"])
-def test_info_nce_of_orthogonal_matched_pairs_is_near_zero(contrastive_type):
+def test_info_nce_orthogonal_pairs_near_zero(contrastive_type):
     users = 6
     basis = torch.eye(users, 16)
     embeddings = basis.repeat_interleave(2, dim=0)  # rows 2i and 2i+1 are the same unit vector

@@ -50,9 +50,10 @@ def _check_saved_vocabulary(model_path, tokenizer: PreTrainedTokenizerBase, toke
     """
     if not (Path(model_path) / "tokenizer.json").is_file():
         return
-    saved = AutoTokenizer.from_pretrained(model_path).get_vocab()
-    given = tokenizer.get_vocab()
-    differing = sorted(token for token in saved.keys() | given.keys() if saved.get(token) != given.get(token))
+    saved_vocabulary = AutoTokenizer.from_pretrained(model_path).get_vocab()
+    passed_vocabulary = tokenizer.get_vocab()
+    tokens = saved_vocabulary.keys() | passed_vocabulary.keys()
+    differing = sorted(token for token in tokens if saved_vocabulary.get(token) != passed_vocabulary.get(token))
     if differing:
         raise ValueError(
             f"tokenizer {str(tokenizer_path)!r} does not match the one saved with the model in {str(model_path)!r}: "

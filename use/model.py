@@ -225,7 +225,7 @@ class UserModel(PreTrainedModel):
         """Compute the objective's losses for a batch `(batch, seq)`.
 
         FEP targets `(batch, seq, num_behaviors)` and mask `(batch, seq)` normally come from the collator,
-        built from a token stream that extends W behaviors past the input; without them they are built
+        built from a token stream that extends W behaviors past the input. Without them they are built
         from `input_ids` alone, so only positions whose window fits inside the input get loss. SUP expects
         the two segments of each user in rows 2i and 2i+1.
         """

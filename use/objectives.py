@@ -3,8 +3,8 @@
 - CLM: next-behavior cross-entropy.
 - FEP (future W-behavior prediction): multi-label prediction of which behaviors occur among the next
   W tokens, binary cross-entropy with logits.
-- SUP (same user prediction): two segments of one user are a positive pair and the other users in the
-  batch are negatives; symmetric InfoNCE with a temperature.
+- SUP (same user prediction): two segments of one user are a positive pair, and the other users in
+  the batch are negatives. The loss is a symmetric InfoNCE with a temperature.
 """
 
 import numpy as np
@@ -191,7 +191,7 @@ def info_nce_loss(embeddings: Tensor, temperature: float, contrastive_type: str 
 
     embeddings = embeddings.float()
     first, second = embeddings[0::2], embeddings[1::2]
-    logits = first @ second.T / temperature  # (users, users); the diagonal holds the positive pairs
+    logits = first @ second.T / temperature  # (users, users); the diagonal contains the positive pairs
     users = logits.shape[0]
     labels = torch.arange(users, device=logits.device)
 

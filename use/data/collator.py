@@ -22,7 +22,7 @@ class SegmentCollator:
     epoch and each process gets different segments. NOTE: a resumed run starts this generator afresh,
     so its segments differ from those an uninterrupted run would have drawn. With `deterministic=True` (evaluation) the
     generator is seeded from `seed` and the batch's row ids, so every evaluation of the same batch
-    sees the same segments.
+    gets the same segments.
 
     Returns `input_ids` and `attention_mask` `(rows, seq)` and, with FEP, `fep_targets`
     `(rows, seq, num_behaviors)` bool and `fep_mask` `(rows, seq)` bool.

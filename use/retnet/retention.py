@@ -76,7 +76,7 @@ def chunkwise_retention(
         S'  = gamma^L S + sum_{j < L} gamma^(L - 1 - j) k_j^T v_j
 
     `state` is S after the previous chunk, `(batch, heads, head_dim, head_dim)`. `lengths` `(batch,)`
-    holds each row's number of real positions L in this chunk (right padding after them); padded
+    contains each row's number of real positions L in this chunk (right padding after them); padded
     positions must already have zero k and v. A row with L = 0 keeps its state unchanged, so the state
     of a padded row equals the state of the same row run alone.
     """
