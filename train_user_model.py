@@ -3,17 +3,24 @@
 Single process:  python train_user_model.py --data-dir data/train.txt --tokenizer-path ./tokenizer/dna ...
 Several devices: torchrun --nproc_per_node N train_user_model.py ... (DDP; --per-device-batch-size
 counts users per device). Rerunning with the same --model-output-path resumes from its last checkpoint.
+Exit codes: 0 trained, 2 invalid options or data, 130 interrupted with Ctrl-C.
 """
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from use.data import DataError
 from use.model import BACKBONES
 from use.objectives import CONTRASTIVE_EMBEDDINGS, CONTRASTIVE_TYPES, OBJECTIVES
-from use.training import train
-from use.training_options import REPORT_TARGETS, OptionsError, TrainingOptions, option_defaults
+from use.training import SUMMARY_FILE, find_resume_checkpoint, train
+from use.training_options import REPORT_TARGETS, OptionsError, TrainingOptions, flag, option_defaults
+from use.training_search import draw_trials
+
+logger = logging.getLogger("train_user_model")
+# POSIX shells report a process stopped by SIGINT (signal 2) with exit status 128 + 2.
+EXIT_INTERRUPTED = 130
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -50,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--data-dir",
         required=True,
-        help=".txt file (one user per line), .csv file (columns sequence,user_id) or a folder of them",
+        help=".txt file (one user per line), .csv file (columns sequence,user_id, where the rows of one user_id "
+        "are joined in file order into one sequence) or a folder of them (read in sorted path order)",
     )
     data.add_argument("--tokenizer-path", required=True, help="tokenizer folder, e.g. ./tokenizer/dna")
     data.add_argument("--cache-dir", help="folder for the tokenized users, reused while inputs and settings match")
@@ -140,12 +148,42 @@ def main(argv: list[str] | None = None) -> int:
     # accelerate logs an info line about dataset lengths at every evaluation.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     arguments = build_parser().parse_args(argv)
+    options = TrainingOptions(**vars(arguments))
     try:
-        train(TrainingOptions(**vars(arguments)))
+        train(options)
     except (OptionsError, DataError) as error:
-        logging.getLogger("train_user_model").error("%s", error)
+        logger.error("%s", error)
         return 2
+    except KeyboardInterrupt:
+        logger.warning("%s", interrupted_message(options))
+        return EXIT_INTERRUPTED
     return 0
+
+
+def interrupted_message(options: TrainingOptions) -> str:
+    """Describe where a rerun of the interrupted command resumes: the last checkpoint, or step 0."""
+    output_dir = Path(options.model_output_path)
+    prefix = "training interrupted"
+    if options.n_iter > 1:
+        trials = draw_trials(options)
+        unfinished = [trial for trial in trials if not (Path(trial.output_dir) / SUMMARY_FILE).is_file()]
+        if not unfinished:
+            return (
+                f"{prefix} after all {len(trials)} draws finished; rerunning the same command skips every draw "
+                f"and copies the best one to {output_dir}."
+            )
+        output_dir = Path(unfinished[0].output_dir)
+        prefix = (
+            f"search interrupted in draw {unfinished[0].index} with {len(trials) - len(unfinished)} of "
+            f"{len(trials)} draws finished (a rerun skips finished draws)"
+        )
+    checkpoint = find_resume_checkpoint(output_dir)
+    if checkpoint is None:
+        return (
+            f"{prefix}; {output_dir} has no checkpoint yet, so rerunning the same command starts from step 0. A "
+            f"checkpoint is saved every {flag('save_steps')}={options.save_steps} optimizer steps."
+        )
+    return f"{prefix}; the last checkpoint is {checkpoint}, and rerunning the same command resumes from it."
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Tokenizing, splitting and caching users: the cache key, reuse, filtering and counts."""
 
+import csv
 import dataclasses
 import json
 import logging
@@ -155,3 +156,48 @@ def test_all_users_too_short_fails(tmp_path, dna_tokenizer):
         settings = dataclasses.replace(BASE, test_size=0)
         prepare(FIXTURES / "bad" / "short.txt", dna_tokenizer, DNA_TOKENIZER, tmp_path, settings)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rows_of_one_user_are_joined(tmp_path, dna_tokenizer, caplog):
+    data = tmp_path / "users.csv"
+    rows = [("AAAC", "u1"), ("CCCG", "u2"), ("GGGT", "u1"), ("TTTA", "u3"), ("ACGT", "u1"), ("CAGT", "u2")]
+    with data.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sequence", "user_id"])
+        writer.writerows(rows)
+    settings = dataclasses.replace(BASE, objective="CLM", test_size=0)
+    with caplog.at_level(logging.INFO, logger="use"):
+        prepared = prepare(data, dna_tokenizer, DNA_TOKENIZER, tmp_path / "cache", settings)
+
+    def ids(text: str) -> list[int]:
+        return dna_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    assert len(prepared.train) == 3
+    assert prepared.train["row_id"][:].tolist() == [0, 1, 2]
+    assert prepared.train[0]["input_ids"].tolist() == ids("AAACGGGTACGT")
+    assert prepared.train[1]["input_ids"].tolist() == ids("CCCGCAGT")
+    assert prepared.train[2]["input_ids"].tolist() == ids("TTTA")
+    assert prepared.train["length"][:].tolist() == [12, 8, 4]
+    assert prepared.meta["sequences"] == 6
+    assert prepared.meta["users"] == 3
+    assert prepared.meta["merged_rows"] == 3
+    expected_line = "joined the 5 rows of the 2 users that have more than one row (same user_id) in file order, so 6 "
+    expected_line += "sequences give 3 users"
+    assert expected_line in caplog.text
+
+
+def test_joined_users_stay_on_one_side_of_split(tmp_path, dna_tokenizer):
+    data = tmp_path / "users.csv"
+    lines = (FIXTURES / "dna_users.txt").read_text().splitlines()
+    with data.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sequence", "user_id"])
+        for index, line in enumerate(lines):
+            # User u<i> (i < 12) gets two rows: fixture lines i and i + 12.
+            writer.writerow([line, f"u{index % 12}"])
+    prepared = prepare(data, dna_tokenizer, DNA_TOKENIZER, tmp_path / "cache")
+
+    assert len(prepared.train) + len(prepared.test) == 12
+    assert len(prepared.test) == 3  # ceil(0.2 * 12)
+    lengths = {int(row["row_id"]): int(row["length"]) for row in [*prepared.train, *prepared.test]}
+    assert lengths == {user: len(lines[user]) + len(lines[user + 12]) for user in range(12)}

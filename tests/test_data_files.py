@@ -127,3 +127,19 @@ def test_split_counts_and_limits():
         split_users(user_ids, 10)
     with pytest.raises(DataError, match="lower --test-size"):
         split_users(["only"], 0.5)
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    path = tmp_path / "users.csv"
+    path.write_bytes("\ufeffsequence,user_id\nACGT,u1\nGGCC,u2\n".encode("utf-8"))
+    users = read_user_sequences(path)
+    assert users.sequences == ["ACGT", "GGCC"]
+    assert users.user_ids == ["u1", "u2"]
+
+
+def test_txt_with_byte_order_mark(tmp_path):
+    path = tmp_path / "users.txt"
+    path.write_bytes("\ufeffACGT\nGGCC\n".encode("utf-8"))
+    users = read_user_sequences(path)
+    assert users.sequences == ["ACGT", "GGCC"]
+    assert users.user_ids == ["users.txt:1", "users.txt:2"]

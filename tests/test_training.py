@@ -1,8 +1,10 @@
 """Pre-training through the real Trainer on fixture users: objectives, accumulation, resume, errors."""
 
+import dataclasses
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -253,7 +255,7 @@ def test_unknown_characters_are_counted(tmp_path, caplog):
     )
     with caplog.at_level(logging.INFO, logger="use"):
         result = train(options)
-    assert "3 behaviors map to [UNK] (not in the tokenizer's vocabulary), in 1 of the sequences" in caplog.text
+    assert "3 behaviors map to [UNK] (not in the tokenizer's vocabulary), in 1 of the users" in caplog.text
     assert result.global_step == 2
 
 
@@ -364,3 +366,100 @@ def test_from_pretrained_with_another_tokenizer_fails(tmp_path):
     with pytest.raises(OptionsError, match="vocabulary size is 101 in the tokenizer but 10 in the model"):
         train(options)
     assert not Path(options.cache_dir).exists()
+
+
+def test_rerun_with_another_size_fails(tmp_path):
+    options = tiny_options(tmp_path, training_objective="CLM", test_size=0, max_steps=2, save_steps=2)
+    train(options)
+    output = Path(options.model_output_path)
+    weights = (output / "checkpoint-2" / "model.safetensors").read_bytes()
+
+    changed = dataclasses.replace(
+        options, hidden_size=16, num_hidden_layers=1, cache_dir=str(tmp_path / "second-cache")
+    )
+    with pytest.raises(OptionsError) as raised:
+        train(changed)
+    message = str(raised.value)
+    assert "hidden_size (--hidden-size) is 32 there but 16 now" in message
+    assert "num_hidden_layers (--num-hidden-layers) is 2 there but 1 now" in message
+    assert "num_heads" not in message
+    assert str(output / "checkpoint-2") in message
+    assert "Pass another --model-output-path to train a new model, or the settings of the earlier run" in message
+    # The check runs before the data is read, and the saved run is left as it was.
+    assert not Path(changed.cache_dir).exists()
+    assert (output / "checkpoint-2" / "model.safetensors").read_bytes() == weights
+    assert (output / SUMMARY_FILE).is_file()
+
+
+def test_rerun_with_another_objective_head_fails(tmp_path):
+    options = tiny_options(tmp_path, training_objective="SUP", test_size=0, max_steps=2, save_steps=2)
+    train(options)
+    for overrides, expected in (
+        ({"contrastive_temperature": 0.5}, "contrastive_temperature (--contrastive-temperature) is 0.07 there but 0.5"),
+        ({"training_objective": "FEP_SUP"}, "objective (--training-objective) is 'SUP' there but 'FEP_SUP' now"),
+    ):
+        with pytest.raises(OptionsError, match=re.escape(expected)):
+            train(dataclasses.replace(options, **overrides))
+
+
+def test_rerun_ignores_settings_of_unused_heads(tmp_path):
+    options = tiny_options(tmp_path, training_objective="CLM", test_size=0, max_steps=2, save_steps=2)
+    train(options)
+    resumed = train(dataclasses.replace(options, contrastive_temperature=0.5, max_steps=3))
+    assert resumed.resumed_from_step == 2
+    assert resumed.global_step == 3
+
+
+def test_unfinished_output_names_newest_checkpoint(tmp_path):
+    options = tiny_options(tmp_path, training_objective="CLM", test_size=0, max_steps=12, save_steps=2)
+    with pytest.raises(Interrupted):
+        train(options, callbacks=[InterruptAt(11)])
+    output = Path(options.model_output_path)
+    assert not (output / "config.json").exists()
+
+    with pytest.raises(FileNotFoundError) as raised:
+        load_model_and_tokenizer(output, DNA_TOKENIZER)
+    message = str(raised.value)
+    assert f"model folder {str(output)!r} contains no finished model" in message
+    # checkpoint-10 sorts before checkpoint-2 as text, so this checks that the newest is chosen by step.
+    assert f"The newest checkpoint is {str(output / 'checkpoint-10')!r}. Pass it as --model_path" in message
+    assert "or finish the training by rerunning the same train_user_model.py command" in message
+
+    model, _ = load_model_and_tokenizer(output / "checkpoint-10", DNA_TOKENIZER)
+    assert model.config.objective == "CLM"
+
+
+def test_folder_without_model_or_checkpoint_fails(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    with pytest.raises(FileNotFoundError, match="contains no config.json and no checkpoint-N folder with one"):
+        load_model_and_tokenizer(tmp_path / "empty-model", DNA_TOKENIZER)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("learning_rate", math.nan),
+        ("learning_rate", math.inf),
+        ("weight_decay", -math.inf),
+        ("warmup_ratio", math.nan),
+        ("dropout", math.nan),
+        ("test_size", math.inf),
+        ("test_size", math.nan),
+        ("num_train_epochs", math.inf),
+        ("contrastive_temperature", math.nan),
+    ],
+)
+def test_non_finite_float_option_fails(tmp_path, name, value):
+    with pytest.raises(OptionsError) as raised:
+        validate_options(tiny_options(tmp_path, **{name: value}))
+    flag = "--" + name.replace("_", "-")
+    default = getattr(TrainingOptions, name)
+    problems = str(raised.value).splitlines()[1:]
+    assert problems == [f"  - {flag}={value} is not a finite number; pass a finite value (default {default})."]
+
+
+def test_search_rerun_with_another_size_fails(tmp_path):
+    options = tiny_options(tmp_path, n_iter=2, max_steps=1, training_objective="CLM")
+    train(options)
+    with pytest.raises(OptionsError, match=re.escape("hidden_size (--hidden-size) is 32 there but 16 now")):
+        train(dataclasses.replace(options, hidden_size=16))

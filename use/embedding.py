@@ -7,13 +7,14 @@ does not grow with the length of their history.
 """
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import CONFIG_NAME, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from .model import UserModel
 from .retnet import RetNetState
@@ -21,15 +22,22 @@ from .retnet import RetNetState
 logger = logging.getLogger(__name__)
 
 DEFAULT_GPT2_WINDOW = 500
+# The Trainer's checkpoint folder names inside a training output folder.
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 def load_model_and_tokenizer(
     model_path: str | Path, tokenizer_path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[UserModel, PreTrainedTokenizerBase]:
-    """Load a trained `UserModel` in eval mode and its tokenizer, and check that they match."""
+    """Load a trained `UserModel` in eval mode and its tokenizer, and check that they match.
+
+    Raises FileNotFoundError for a missing folder, or for the output folder of a training run that
+    has not finished (the message names its newest checkpoint), and ValueError for a mismatch.
+    """
     for name, path in (("model", model_path), ("tokenizer", tokenizer_path)):
         if not Path(path).is_dir():
             raise FileNotFoundError(f"{name} folder {str(path)!r} does not exist; pass the folder written by training.")
+    _check_finished_model(Path(model_path))
     model = AutoModel.from_pretrained(model_path)
     if not isinstance(model, UserModel):
         raise ValueError(
@@ -40,6 +48,32 @@ def load_model_and_tokenizer(
     check_tokenizer_matches(model, tokenizer, tokenizer_path)
     _check_saved_vocabulary(model_path, tokenizer, tokenizer_path)
     return model.to(device).eval(), tokenizer
+
+
+def _check_finished_model(model_path: Path) -> None:
+    """Raise FileNotFoundError when `model_path` has no config.json, naming its newest checkpoint if any.
+
+    Training writes config.json at the top of its output folder only when it finishes, so before that
+    the folder contains only `checkpoint-N/` folders.
+    """
+    if (model_path / CONFIG_NAME).is_file():
+        return
+    checkpoints = sorted(
+        (int(match.group(1)), path)
+        for path in model_path.iterdir()
+        if path.is_dir() and (match := _CHECKPOINT_NAME.fullmatch(path.name)) and (path / CONFIG_NAME).is_file()
+    )
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"model folder {str(model_path)!r} contains no {CONFIG_NAME} and no checkpoint-N folder with one. Pass "
+            "the --model-output-path folder of a finished train_user_model.py run."
+        )
+    newest = checkpoints[-1][1]
+    raise FileNotFoundError(
+        f"model folder {str(model_path)!r} contains no finished model, because it has checkpoint folders but no "
+        f"{CONFIG_NAME}, which training writes when it finishes. The newest checkpoint is {str(newest)!r}. Pass it "
+        "as --model_path, or finish the training by rerunning the same train_user_model.py command."
+    )
 
 
 def _check_saved_vocabulary(model_path, tokenizer: PreTrainedTokenizerBase, tokenizer_path) -> None:

@@ -1,8 +1,9 @@
 """Pre-training a `UserModel` with the `transformers` Trainer, from `TrainingOptions`.
 
 `train(options)` validates the options, prepares (or loads) the cached users, builds the model, and
-trains with resumption from the last complete checkpoint in the output folder. With `n_iter > 1` it
-runs that many draws of learning rate, warmup and weight decay (see `training_search`).
+trains with resumption from the last complete checkpoint in the output folder. A checkpoint saved
+with other model settings is rejected before any data is read (see `training_resume`). With
+`n_iter > 1` it runs that many draws of learning rate, warmup and weight decay (see `training_search`).
 
 Output folder layout: `checkpoint-N/` folders written every `save_steps`, then the final model
 (`model.safetensors`, `config.json`), the tokenizer, and `training_summary.json`, which is written
@@ -33,6 +34,7 @@ from .training_options import (
     log_adjustments,
     validate_options,
 )
+from .training_resume import check_saved_settings
 from .training_trainer import LOSS_PARTS, UserModelTrainer
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ def train_once(options: TrainingOptions, callbacks: list[TrainerCallback] | None
     tokenizer, first_behavior_id = load_training_tokenizer(options.tokenizer_path)
     model_config = build_model_config(options, tokenizer, first_behavior_id)
     output_dir = Path(options.model_output_path)
+    check_saved_settings(find_resume_checkpoint(output_dir) or output_dir, model_config, options)
     created = not output_dir.exists()
     args = build_training_arguments(options, output_dir, use_eval=options.test_size > 0)
     _configure_process_logging(args)

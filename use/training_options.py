@@ -6,7 +6,8 @@ messages name the flag (`--fep-window-size`, not `fep_window_size`) and the fix.
 
 import importlib.util
 import logging
-from dataclasses import MISSING, dataclass, fields
+import math
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -97,7 +98,16 @@ def option_defaults() -> dict:
 
 def validate_options(options: TrainingOptions) -> None:
     """Raise OptionsError listing every invalid option or combination, without reading any data."""
-    problems = [problem for check in _CHECKS for problem in check(options)]
+    non_finite = _non_finite_fields(options)
+    problems = [
+        f"{flag(name)}={getattr(options, name)} is not a finite number; pass a finite value (default "
+        f"{option_defaults()[name]})."
+        for name in non_finite
+    ]
+    # The range checks below run on the defaults in place of NaN and infinity, because NaN fails no
+    # comparison and a second message about the same flag would only repeat the first.
+    finite_options = replace(options, **{name: option_defaults()[name] for name in non_finite})
+    problems += [problem for check in _CHECKS for problem in check(finite_options)]
     if problems:
         raise OptionsError("invalid training options:\n  - " + "\n  - ".join(problems))
 
@@ -145,6 +155,15 @@ def load_training_tokenizer(tokenizer_path: str | Path) -> tuple[PreTrainedToken
             "every id from k on is a behavior. Rebuild the tokenizer with the special tokens first."
         )
     return tokenizer, len(special_ids)
+
+
+def _non_finite_fields(options: TrainingOptions) -> list[str]:
+    """Return the names of the float options that are NaN or infinite (argparse's `float` accepts both)."""
+    return [
+        item.name
+        for item in fields(options)
+        if isinstance(getattr(options, item.name), float) and not math.isfinite(getattr(options, item.name))
+    ]
 
 
 def _parts(options: TrainingOptions) -> tuple[str, ...]:

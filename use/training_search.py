@@ -1,7 +1,8 @@
 """Random search over learning rate, warmup and weight decay around the given values (`--n-iter` > 1).
 
 Draw i trains into `<model-output-path>/trial-i` and is skipped on a rerun once its
-training_summary.json exists, so an interrupted search resumes where it stopped. The best draw (lowest
+training_summary.json exists, so an interrupted search resumes where it stopped. A rerun that requests
+other model settings than a finished draw was trained with raises OptionsError. The best draw (lowest
 eval loss) has its final model and tokenizer copied to `<model-output-path>`, next to
 search_results.json, which lists every draw.
 """
@@ -16,8 +17,9 @@ import numpy as np
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from .training import SUMMARY_FILE, TrainingResult, train_once
-from .training_options import TrainingOptions
+from .training import SUMMARY_FILE, TrainingResult, build_model_config, train_once
+from .training_options import TrainingOptions, load_training_tokenizer
+from .training_resume import check_saved_settings
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +80,13 @@ def run_search(options: TrainingOptions, callbacks: list[TrainerCallback] | None
     """Train every draw (skipping finished ones), then publish the best one at the output root."""
     root = Path(options.model_output_path)
     trials = draw_trials(options)
+    tokenizer, first_behavior_id = load_training_tokenizer(options.tokenizer_path)
+    model_config = build_model_config(options, tokenizer, first_behavior_id)
     for trial in trials:
         trial.eval_loss = _finished_eval_loss(Path(trial.output_dir))
         if trial.eval_loss is not None:
+            # A finished draw is reused only if it was trained with the model settings requested now.
+            check_saved_settings(Path(trial.output_dir), model_config, options)
             logger.info("draw %d already finished with eval loss %.4f; skipping it", trial.index, trial.eval_loss)
             continue
         logger.info(

@@ -1,5 +1,8 @@
 """Tokenize users once, split them into train and test, and cache the result on disk.
 
+Each cached row is one user. Rows of the data files that share a `user_id` are joined into that
+user's one sequence, their behaviors in file order, so SUP never treats them as two users.
+
 The cache folder's name is a SHA-256 key over the data files' bytes, the tokenizer folder's files,
 and every setting that changes the cached arrays, so a changed input can never load a stale cache.
 Segments are not cached: the collator samples them for every batch.
@@ -7,6 +10,7 @@ Segments are not cached: the collator samples them for every batch.
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -27,13 +31,16 @@ from .sampling import SegmentSettings
 logger = logging.getLogger(__name__)
 
 # Bump when the cached columns or their meaning change, so that old caches are not loaded.
-CACHE_FORMAT_VERSION = 1
+# Version 2: one row per user_id (rows of one user joined) instead of one row per file row.
+CACHE_FORMAT_VERSION = 2
 # Fixed so that the test users stay the same across runs, seeds and hyper-parameter draws.
 SPLIT_SEED = 1234
 TOKENIZE_BATCH_SIZE = 1000
-# Below this many sequences one process tokenizes faster than several that need start-up and pickling.
+# Below this many users one process tokenizes faster than several that need start-up and pickling.
 ROWS_PER_TOKENIZE_PROCESS = 50_000
 META_FILE = "meta.json"
+# `row_id` is the user's index in order of first appearance in the data files, which is the row
+# number when every user has one row.
 CACHED_FEATURES = datasets.Features(
     {
         "row_id": datasets.Value("int64"),
@@ -161,6 +168,18 @@ def split_users(user_ids: list[str], test_size: float) -> np.ndarray:
     return np.array([user_id in test_users for user_id in user_ids], dtype=bool)
 
 
+def group_rows_by_user(user_ids: list[str]) -> tuple[list[str], list[list[int]]]:
+    """Return each user id once, in order of first appearance, and the indexes of its rows in file order."""
+    user_index: dict[str, int] = {}
+    rows_of_user: list[list[int]] = []
+    for row, user_id in enumerate(user_ids):
+        if user_id not in user_index:
+            user_index[user_id] = len(rows_of_user)
+            rows_of_user.append([])
+        rows_of_user[user_index[user_id]].append(row)
+    return list(user_index), rows_of_user
+
+
 def _read_meta(cache_path: Path, key: str) -> dict | None:
     meta_file = cache_path / META_FILE
     if not meta_file.is_file():
@@ -176,9 +195,10 @@ def _read_meta(cache_path: Path, key: str) -> dict | None:
 
 def _build_cache(data_path, tokenizer, settings: DataSettings, cache_path: Path, key: str, components: dict) -> dict:
     users = read_user_sequences(data_path)
-    is_test = split_users(users.user_ids, settings.test_size)
+    user_ids, rows_of_user = group_rows_by_user(users.user_ids)
+    is_test = split_users(user_ids, settings.test_size)
 
-    tokenized = _tokenize(users.sequences, tokenizer)
+    tokenized = _tokenize([[users.sequences[row] for row in rows] for rows in rows_of_user], tokenizer)
     columns = tokenized.with_format("numpy")
     lengths = columns["length"][:]
     num_unknown = columns["num_unknown"][:]
@@ -190,6 +210,9 @@ def _build_cache(data_path, tokenizer, settings: DataSettings, cache_path: Path,
         "components": components,
         "files": [vars(stats) for stats in users.file_stats],
         "sequences": len(users.sequences),
+        "users": len(user_ids),
+        "users_with_several_rows": sum(1 for rows in rows_of_user if len(rows) > 1),
+        "merged_rows": len(users.sequences) - len(user_ids),
         "behaviors": int(lengths.sum()),
         "unknown_behaviors": int(num_unknown.sum()),
         "users_with_unknown": int((num_unknown > 0).sum()),
@@ -216,25 +239,31 @@ def _build_cache(data_path, tokenizer, settings: DataSettings, cache_path: Path,
     return meta
 
 
-def _tokenize(sequences: list[str], tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+def _tokenize(user_sequences: list[list[str]], tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+    """Tokenize each user's sequences and join their ids, in the given order, into one row per user."""
     unk_id = tokenizer.unk_token_id
 
     def encode(batch: dict) -> dict:
-        ids = tokenizer(batch["sequence"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        flat = [sequence for sequences in batch["sequences"] for sequence in sequences]
+        flat_ids = iter(tokenizer(flat, add_special_tokens=False, return_attention_mask=False)["input_ids"])
+        ids = [
+            list(itertools.chain.from_iterable(itertools.islice(flat_ids, len(sequences))))
+            for sequences in batch["sequences"]
+        ]
         return {
             "input_ids": ids,
             "length": [len(row) for row in ids],
             "num_unknown": [int(np.count_nonzero(np.asarray(row) == unk_id)) for row in ids],
         }
 
-    raw = datasets.Dataset.from_dict({"row_id": list(range(len(sequences))), "sequence": sequences})
-    processes = min(os.cpu_count() or 1, len(sequences) // ROWS_PER_TOKENIZE_PROCESS)
+    raw = datasets.Dataset.from_dict({"row_id": list(range(len(user_sequences))), "sequences": user_sequences})
+    processes = min(os.cpu_count() or 1, len(user_sequences) // ROWS_PER_TOKENIZE_PROCESS)
     return raw.map(
         encode,
         batched=True,
         batch_size=TOKENIZE_BATCH_SIZE,
         num_proc=processes if processes > 1 else None,
-        remove_columns=["sequence"],
+        remove_columns=["sequences"],
         features=CACHED_FEATURES,
         desc="tokenizing users",
     )
@@ -281,10 +310,18 @@ def _log_meta(meta: dict) -> None:
                 stats["empty"],
                 stats["non_decodable"],
             )
+    if meta["merged_rows"]:
+        logger.info(
+            "joined the %d rows of the %d users that have more than one row (same user_id) in file order, so %d "
+            "sequences give %d users",
+            meta["merged_rows"] + meta["users_with_several_rows"],
+            meta["users_with_several_rows"],
+            meta["sequences"],
+            meta["users"],
+        )
     logger.info(
-        "%d sequences, %d behaviors; %d behaviors map to [UNK] (not in the tokenizer's vocabulary), in %d of the "
-        "sequences",
-        meta["sequences"],
+        "%d users, %d behaviors; %d behaviors map to [UNK] (not in the tokenizer's vocabulary), in %d of the users",
+        meta["users"],
         meta["behaviors"],
         meta["unknown_behaviors"],
         meta["users_with_unknown"],

@@ -3,13 +3,15 @@
 - `.txt`: one user per line; the line without its line ending is the sequence.
 - `.csv`: a header with a `sequence` column and optionally a `user_id` column, quoted the way
   Python's `csv` module quotes (dialog sequences contain newlines, so fields may span lines). Rows
-  that share a `user_id` are separate sequences of the same user, which the train/test split keeps
-  together.
+  that share a `user_id` are read as separate sequences here, and `prepare_user_datasets` joins their
+  behaviors in file order into one user.
 
-Files are read as UTF-8. Empty sequences and lines or rows that are not valid UTF-8 are skipped and
-counted; a file without a single usable sequence is an error.
+Files are read as UTF-8, and a leading UTF-8 byte-order mark is dropped. Empty sequences and lines or
+rows that are not valid UTF-8 are skipped and counted, and a file without a single usable sequence is
+an error.
 """
 
+import codecs
 import csv
 import hashlib
 import logging
@@ -113,6 +115,8 @@ def _read_txt(path: Path, name: str, result: UserSequences) -> FileStats:
     with path.open("rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            if line_number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             if not raw:
                 stats.empty += 1
                 continue
@@ -130,7 +134,8 @@ def _read_txt(path: Path, name: str, result: UserSequences) -> FileStats:
 def _read_csv(path: Path, name: str, result: UserSequences) -> FileStats:
     stats = FileStats(str(path))
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row does not stop the file.
-    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    # utf-8-sig drops a leading byte-order mark, which would otherwise become part of the first header name.
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or SEQUENCE_COLUMN not in reader.fieldnames:
             raise DataError(

@@ -29,7 +29,7 @@ def read_sequences(path: str | Path) -> list[str]:
     if path.suffix.lower() == ".csv":
         sequences = _read_csv_sequences(path)
     else:
-        sequences = path.read_text(encoding="utf-8").splitlines()
+        sequences = path.read_text(encoding="utf-8-sig").splitlines()
 
     non_empty = [sequence for sequence in sequences if sequence.strip()]
     if len(non_empty) < len(sequences):
