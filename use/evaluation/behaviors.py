@@ -1,12 +1,16 @@
-"""Split user texts into behaviors and cut them into a history window and context periods."""
+"""Split user texts into behaviors and cut them into a history window and context periods.
+
+Context periods are either fixed-length (``PeriodSchedule``) or one per context day, read from a
+periods file (``DaySchedule``).
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
+from typing import Callable, ClassVar, Hashable, Sequence
 
-from use.evaluation.io import EvalUsers, SkippedRow, log_skipped_rows
+from use.evaluation.io import DayPeriods, EvalFileError, EvalUsers, SkippedRow, log_skipped_rows
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +27,7 @@ class PeriodSchedule:
 
     max_len: int
     period_len: int
+    kind: ClassVar[str] = "count"
 
     def __post_init__(self) -> None:
         if self.period_len < 1:
@@ -42,31 +47,76 @@ class PeriodSchedule:
         """Context behaviors that the last period reaches."""
         return self.num_periods * self.period_len
 
+    def context_end(self, row: int, period: int) -> int:
+        """Return the context behaviors up to the end of 1-based ``period``; the same for every row."""
+        return period * self.period_len
+
+    def describe(self) -> str:
+        return f"{self.num_periods} period(s) of {self.period_len} behaviors"
+
+
+@dataclass
+class DaySchedule:
+    """Window lengths with one context period per day: at most ``max_len`` history behaviors.
+
+    Period k of a user ends at the end of their k-th context day, so users' periods differ in
+    length. The context is every behavior of the days in ``days``, whatever ``max_len``.
+    """
+
+    max_len: int
+    days: DayPeriods
+    kind: ClassVar[str] = "day"
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be at least 1 behavior, got {self.max_len}")
+
+    @property
+    def num_periods(self) -> int:
+        return self.days.num_days
+
+    def context_end(self, row: int, period: int) -> int:
+        """Return the context behaviors of the user in TSV ``row`` up to the end of their ``period``-th day."""
+        return self.days.context_ends[row][period - 1]
+
+    def describe(self) -> str:
+        return f"{self.num_periods} period(s) of one day each, from {self.days.path}"
+
+
+Schedule = PeriodSchedule | DaySchedule
+
 
 @dataclass
 class BehaviorData:
     """Behaviors of the users kept for evaluation.
 
     ``histories[i]`` is the last ``max_len`` history behaviors of user i and ``contexts[i]`` the
-    first ``schedule.context_len`` context behaviors. ``rows[i]`` is the user's TSV row number.
+    context behaviors that the last period reaches. ``rows[i]`` is the user's TSV row number.
     """
 
     rows: list[int]
     histories: list[list[Behavior]]
     contexts: list[list[Behavior]]
-    schedule: PeriodSchedule
+    schedule: Schedule
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def num_periods(self) -> int:
+        return self.schedule.num_periods
+
+    def period_end(self, user: int, period: int) -> int:
+        """Return the number of the user's context behaviors in periods 1..``period`` (0 for period 0)."""
+        return self.schedule.context_end(self.rows[user], period) if period > 0 else 0
+
     def period(self, user: int, period: int) -> list[Behavior]:
         """Return the behaviors of 1-based ``period`` of the user's context."""
-        start = (period - 1) * self.schedule.period_len
-        return self.contexts[user][start : start + self.schedule.period_len]
+        return self.contexts[user][self.period_end(user, period - 1) : self.period_end(user, period)]
 
     def context_prefix(self, user: int, period: int) -> list[Behavior]:
         """Return the context behaviors of periods 1..``period``."""
-        return self.contexts[user][: period * self.schedule.period_len]
+        return self.contexts[user][: self.period_end(user, period)]
 
 
 def character_splitter(texts: list[str]) -> list[list[Behavior]]:
@@ -88,15 +138,18 @@ def tokenizer_splitter(tokenizer) -> BehaviorSplitter:
 
 
 def prepare_behaviors(
-    users: EvalUsers, split: BehaviorSplitter, schedule: PeriodSchedule
+    users: EvalUsers, split: BehaviorSplitter, schedule: Schedule
 ) -> tuple[BehaviorData, list[SkippedRow]]:
     """Split the users' texts into behaviors and keep the users long enough for every period.
 
-    A user needs at least one history behavior and ``schedule.context_len`` context
-    behaviors. Shorter users are returned as skipped rows and logged.
+    A user needs at least one history behavior and the context behaviors that their last period
+    reaches. Shorter users are returned as skipped rows and logged. With a DaySchedule, raises
+    EvalFileError when a user's context length differs from the end of their last day.
     """
     histories = split(users.histories)
     contexts = split(users.contexts)
+    if isinstance(schedule, DaySchedule):
+        check_day_lengths(users, contexts, schedule)
 
     data = BehaviorData(rows=[], histories=[], contexts=[], schedule=schedule)
     skipped: list[SkippedRow] = []
@@ -110,10 +163,10 @@ def prepare_behaviors(
         shorter += len(history) < schedule.max_len
         data.rows.append(row)
         data.histories.append(list(history[-schedule.max_len :]))
-        data.contexts.append(list(context[: schedule.context_len]))
+        data.contexts.append(list(context[: schedule.context_end(row, schedule.num_periods)]))
 
     log_skipped_rows(skipped, users.path)
-    if skipped and not data.rows:
+    if skipped and not data.rows and isinstance(schedule, PeriodSchedule):
         longest = max(len(context) for context in contexts) if contexts else 0
         logger.error(
             "No user has %d context behaviors; the longest context has %d. Pass a --max_len (and --period_len) "
@@ -123,21 +176,40 @@ def prepare_behaviors(
             max(longest // schedule.period_len * schedule.period_len, schedule.period_len),
         )
     logger.info(
-        "History window: last %d behaviors (%d user(s) truncated to it, %d shorter and used whole); "
-        "context: %d period(s) of %d behaviors",
+        "History window: last %d behaviors (%d user(s) truncated to it, %d shorter and used whole); context: %s",
         schedule.max_len,
         truncated,
         shorter,
-        schedule.num_periods,
-        schedule.period_len,
+        schedule.describe(),
     )
     return data, skipped
 
 
-def _shortness(history: Sequence, context: Sequence, schedule: PeriodSchedule) -> str:
+def check_day_lengths(users: EvalUsers, contexts: list[list[Behavior]], schedule: DaySchedule) -> None:
+    """Raise EvalFileError unless every user's context has exactly as many behaviors as their days add up to."""
+    mismatched = [
+        (row, len(context), schedule.days.context_ends[row][-1])
+        for row, context in zip(users.rows, contexts)
+        if len(context) != schedule.days.context_ends[row][-1]
+    ]
+    if not mismatched:
+        return
+    row, length, end = mismatched[0]
+    last_day = schedule.days.days[row][-1]
+    raise EvalFileError(
+        f"{len(mismatched)} of {len(users)} users in {users.path} have a context length that differs from "
+        f"the days in {schedule.days.path}: row {row} has {length} context behaviors, but its days end at "
+        f"{end} (after {last_day}). The periods file counts events, so behaviors must be events: pass the "
+        "word-level tokenizer of this event log (scripts/build_tokenizer.py) as --tokenizer_path, and the "
+        "periods file written together with this TSV"
+    )
+
+
+def _shortness(history: Sequence, context: Sequence, schedule: Schedule) -> str:
     if not history:
         return "history has no behaviors after tokenization"
-    if len(context) < schedule.context_len:
+    # A DaySchedule user's context length was checked against their days by check_day_lengths.
+    if isinstance(schedule, PeriodSchedule) and len(context) < schedule.context_len:
         return (
             f"context shorter than {schedule.context_len} behaviors "
             f"({schedule.num_periods} periods x {schedule.period_len})"

@@ -13,16 +13,26 @@ from transformers import AutoTokenizer
 from use.embedding import load_model_and_tokenizer
 from use.evaluation import report
 from use.evaluation.baselines import baseline_embeddings
-from use.evaluation.behaviors import PeriodSchedule, character_splitter, prepare_behaviors, tokenizer_splitter
+from use.evaluation.behaviors import (
+    DaySchedule,
+    PeriodSchedule,
+    Schedule,
+    character_splitter,
+    prepare_behaviors,
+    tokenizer_splitter,
+)
+from use.evaluation.cache import EmbeddingCache, embedding_cache_key
 from use.evaluation.classification import MLPSettings, evaluate_classification
-from use.evaluation.io import EvalFileError, read_eval_tsv, require_two_users, resolve_dataset_path
+from use.evaluation.io import EvalFileError, read_eval_tsv, read_periods_file, require_two_users, resolve_dataset_path
 from use.evaluation.neural import neural_embeddings
 from use.evaluation.reid import evaluate_reid
 from use.evaluation.strategies import BASELINE_METHODS, METHODS, NEURAL_METHODS, STRATEGIES, select_strategies
+from use.events.convert import PERIODS_FILE
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("reid", "classification")
+DEFAULT_PERIOD_LEN = 250
 _DESCRIPTIONS = {
     "reid": "Dynamic user re-identification: match each user's context embedding, period by period, "
     "to their own history embedding among all users' (cosine similarity; MRR and top-k accuracy).",
@@ -66,12 +76,20 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max_len", "--max-len", dest="max_len", type=int, default=4000,
         help="behaviors per side: the history window is the last max_len history behaviors, and the context "
-        "periods cover at most the first max_len context behaviors (default: 4000).",
+        "periods cover at most the first max_len context behaviors; with --periods_file the context is "
+        "every behavior of its days (default: 4000).",
     )
     parser.add_argument(
-        "--period_len", "--period-len", dest="period_len", type=int, default=250,
+        "--period_len", "--period-len", dest="period_len", type=int, default=DEFAULT_PERIOD_LEN,
         help="behaviors per period of new context activity; there are max_len // period_len periods "
-        "(default: 250, so 16 periods).",
+        f"(default: {DEFAULT_PERIOD_LEN}, so 16 periods).",
+    )
+    parser.add_argument(
+        "--periods_file", "--periods-file", dest="periods_file", metavar="JSON",
+        help=f"per-day periods instead of --period_len: the {PERIODS_FILE} that scripts/convert_event_log.py "
+        "--period day writes beside the TSV. Period k of each user ends at the end of their k-th context day, "
+        "so the report has one row per day. Behaviors must be the events of that log, one token each "
+        "(pass its word-level tokenizer as --tokenizer_path).",
     )
 
     parser.add_argument(
@@ -109,6 +127,14 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         help="torch device for the neural methods, for example cpu, cuda or cuda:1 "
         "(default: auto, which is cuda when available, else cpu).",
     )
+    parser.add_argument(
+        "--embedding_cache", "--embedding-cache", dest="embedding_cache", metavar="DIR",
+        help="folder (created if missing) that stores the neural embeddings: the history and each strategy's "
+        "periods. A later run with the same model files, tokenizer files, TSV, --max_len, --period_len or "
+        "--periods_file, method, dtype and device type loads them instead of embedding again, so eval_reid.py "
+        "and eval_classification.py embed once between them. Batch size, seeds and MLP settings may differ. "
+        "The baselines (tf, tf-idf, n-grams, random) are cheap and ignore this option (default: no cache).",
+    )
     return parser
 
 
@@ -130,13 +156,18 @@ def main(task: str, argv: list[str] | None = None) -> int:
 
 def run(task: str, args: argparse.Namespace) -> str:
     """Run one evaluation from parsed arguments, write the requested files and return the tables as text."""
-    schedule = PeriodSchedule(max_len=args.max_len, period_len=args.period_len)
+    count_schedule = _count_schedule(args)
     if not args.seeds:
         raise ValueError("--seeds needs at least one value")
     _check_output_paths(args)
     path = resolve_dataset_path(args.dataset_dir)
     users = read_eval_tsv(path)
     require_two_users(len(users), users.skipped, path)
+    if count_schedule is None:
+        schedule: Schedule = DaySchedule(max_len=args.max_len, days=read_periods_file(args.periods_file, users))
+    else:
+        schedule = count_schedule
+        _mention_periods_file(path)
 
     device = resolve_device(args.device)
     method, model, tokenizer = load_method(args, device)
@@ -146,13 +177,16 @@ def run(task: str, args: argparse.Namespace) -> str:
     require_two_users(len(data), skipped, path)
     strategies = select_strategies(method, args.strategies)
     logger.info(
-        "Evaluating %s on %d users of %s with %s: strategies %s, %d period(s) of %d behaviors",
-        task, len(data), path, method, ", ".join(strategies), schedule.num_periods, schedule.period_len,
+        "Evaluating %s on %d users of %s with %s: strategies %s, %s",
+        task, len(data), path, method, ", ".join(strategies), schedule.describe(),
     )
 
     if method in NEURAL_METHODS:
-        embeddings = neural_embeddings(model, data, strategies, args.batch_size)
+        cache = _embedding_cache(args, path, schedule, method, model, device)
+        embeddings = neural_embeddings(model, data, strategies, args.batch_size, cache)
     else:
+        if args.embedding_cache:
+            logger.info("The %s baseline ignores --embedding_cache, because it is cheap to compute", method)
         embeddings = baseline_embeddings(method, data, strategies, seed=args.seeds[0])
 
     settings = _settings(args, method, strategies, device, schedule)
@@ -162,7 +196,50 @@ def run(task: str, args: argparse.Namespace) -> str:
         "users_evaluated": len(data),
         "skipped_rows": [{"row": item.row, "reason": item.reason} for item in skipped],
     }
-    return _score_and_report(task, args, embeddings, settings, dataset, schedule)
+    return _score_and_report(task, args, embeddings, settings, dataset, report.period_axis(data))
+
+
+def _count_schedule(args: argparse.Namespace) -> PeriodSchedule | None:
+    """Return the fixed-length schedule, or None with --periods_file, which sets the periods instead.
+
+    Raises ValueError when --periods_file comes with a --period_len other than the default.
+    """
+    if not args.periods_file:
+        return PeriodSchedule(max_len=args.max_len, period_len=args.period_len)
+    if args.period_len != DEFAULT_PERIOD_LEN:
+        raise ValueError(
+            f"--period_len {args.period_len} cannot be combined with --periods_file {args.periods_file}, "
+            "where each context day is one period; drop one of the two"
+        )
+    return None
+
+
+def _mention_periods_file(dataset_path: Path) -> None:
+    """Log that a periods file lies beside the TSV, because this run cuts periods by behavior count instead."""
+    beside = dataset_path.with_name(PERIODS_FILE)
+    if beside.is_file():
+        logger.info(
+            "Per-day periods are available: pass --periods_file %s for one result row per context day "
+            "(this run uses periods of --period_len behaviors)",
+            beside,
+        )
+
+
+def _embedding_cache(args, dataset_path: Path, schedule: Schedule, method, model, device) -> EmbeddingCache | None:
+    """Return the cache that --embedding_cache names, keyed by this run's inputs, or None without the flag."""
+    if not args.embedding_cache:
+        return None
+    key = embedding_cache_key(
+        model_path=args.model_path,
+        tokenizer_path=args.tokenizer_path,
+        dataset_path=dataset_path,
+        schedule=schedule,
+        method=method,
+        dtype=str(next(model.parameters()).dtype),
+        device=device,
+        periods_file=args.periods_file,
+    )
+    return EmbeddingCache(args.embedding_cache, key)
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
@@ -172,24 +249,24 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {value!r} is a folder; pass a file path such as {str(Path(value) / 'results.json')!r}.")
 
 
-def _score_and_report(task, args, embeddings, settings, dataset, schedule: PeriodSchedule) -> str:
+def _score_and_report(task, args, embeddings, settings, dataset, periods: report.PeriodAxis) -> str:
     if task == "reid":
         results = evaluate_reid(embeddings)
-        tables = report.reid_tables(results, schedule.period_len)
+        tables = report.reid_tables(results, periods)
         plot = dict(metric="mrr", ylabel="MRR", title="Dynamic user re-identification", std_metric=None)
     else:
         mlp = MLPSettings(hidden_layer_sizes=tuple(args.mlp_hidden), max_iter=args.mlp_max_iter)
         results = evaluate_classification(embeddings, args.seeds, mlp)
-        tables = report.classification_tables(results, schedule.period_len, len(args.seeds))
+        tables = report.classification_tables(results, periods, len(args.seeds))
         plot = dict(
             metric="auc_mean", ylabel="one-vs-rest ROC AUC (mean over seeds)",
             title="Dynamic user classification", std_metric="auc_std",
         )
 
     if args.output:
-        report.write_json(report.build_report(task, settings, dataset, results, schedule.period_len), args.output)
+        report.write_json(report.build_report(task, settings, dataset, results, periods), args.output)
     if args.plot:
-        report.plot_metric(results, path=args.plot, period_len=schedule.period_len, **plot)
+        report.plot_metric(results, path=args.plot, periods=periods, **plot)
     return tables
 
 
@@ -243,12 +320,16 @@ def load_method(args: argparse.Namespace, device: str) -> tuple[str, Any, Any]:
     return backbone, model, tokenizer
 
 
-def _settings(args, method, strategies, device, schedule: PeriodSchedule) -> dict[str, Any]:
+def _settings(args, method, strategies, device, schedule: Schedule) -> dict[str, Any]:
     settings = dict(vars(args))
     settings.update(
         method_type=method,
         strategies=strategies,
         device=device,
         num_periods=schedule.num_periods,
+        period_kind=schedule.kind,
     )
+    if isinstance(schedule, DaySchedule):
+        # Days set the periods, so the unused --period_len default would only mislead.
+        settings.update(period_len=None, timezone=schedule.days.timezone)
     return settings

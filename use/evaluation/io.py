@@ -1,4 +1,5 @@
-"""Read and validate the evaluation TSV (one user per row: columns ``history`` and ``context``).
+"""Read and validate the evaluation TSV (one user per row: columns ``history`` and ``context``)
+and the optional periods file that splits each user's context into days.
 
 Row numbers in messages count TSV records, with the header as row 1, so the first user is
 row 2. They differ from line numbers when quoted fields contain newlines, so errors give both.
@@ -7,6 +8,7 @@ row 2. They differ from line numbers when quoted fields contain newlines, so err
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,10 @@ HEADER = ("history", "context")
 _FIELD_SIZE_LIMIT = 2**31 - 1
 # At most this many row numbers are written into one log line; the JSON output lists all.
 _MAX_ROWS_LOGGED = 50
+# At most this many row numbers are written into one error message.
+_MAX_ROWS_IN_ERROR = 10
+# The origin of a valid periods file, named at the end of each error message about one.
+PERIODS_HINT = "the eval.periods.json that scripts/convert_event_log.py --period day wrote beside the TSV"
 
 
 class EvalFileError(ValueError):
@@ -196,3 +202,160 @@ def require_two_users(num_users: int, skipped: list[SkippedRow], path: Path) -> 
         f"{path} has {num_users} usable user(s) after skipping {len(skipped)} row(s); "
         "re-identification and classification need at least 2. See the warnings above for the skipped rows"
     )
+
+
+@dataclass
+class DayPeriods:
+    """Per-day context periods of the users of one TSV, read from a periods file.
+
+    For the user in TSV row r, ``days[r][k]`` is the label of the user's (k+1)-th context day (an ISO
+    date in files from the converter) and ``context_ends[r][k]`` the number of context behaviors up to
+    the end of that day. Every user has ``num_days`` days.
+    """
+
+    # A string rather than a Path, so that dataclasses.asdict of a schedule is JSON-serializable
+    # (the embedding cache key is built that way).
+    path: str
+    num_days: int
+    days: dict[int, list[str]]
+    context_ends: dict[int, list[int]]
+    timezone: str | None = None
+
+
+def read_periods_file(path: str | Path, users: EvalUsers) -> DayPeriods:
+    """Read a periods file (format of ``eval.periods.json``) and match its users to the rows of ``users``.
+
+    Entries with a ``row`` key are matched to the TSV row of that number. Entries without one are
+    matched by order: entry i describes TSV row i + 2. Raises EvalFileError for a missing or malformed
+    file, users that do not match the TSV rows, or users with different numbers of days.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise EvalFileError(f"periods file {path} is a folder; pass the JSON file itself, {PERIODS_HINT}")
+    if not path.is_file():
+        raise EvalFileError(f"periods file {path} not found; pass {PERIODS_HINT}")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise EvalFileError(f"periods file {path} is not UTF-8 ({error}); pass {PERIODS_HINT}") from None
+    except json.JSONDecodeError as error:
+        raise EvalFileError(f"periods file {path} is not valid JSON ({error}); pass {PERIODS_HINT}") from None
+
+    entries = _periods_entries(path, content)
+    by_row = _match_period_rows(path, entries, users)
+    num_days = _common_day_count(path, by_row)
+    periods = DayPeriods(
+        path=str(path),
+        num_days=num_days,
+        days={row: entry["days"] for row, entry in by_row.items()},
+        context_ends={row: entry["context_ends"] for row, entry in by_row.items()},
+        timezone=content.get("timezone"),
+    )
+    logger.info("Read %d context day(s) for each of %d users from %s", num_days, len(by_row), path)
+    return periods
+
+
+def _periods_entries(path: Path, content) -> list[dict]:
+    """Return the user entries of a parsed periods file after checking their format."""
+    if not isinstance(content, dict) or not isinstance(content.get("users"), list):
+        raise EvalFileError(
+            f"periods file {path} is not an object with a 'users' list; pass {PERIODS_HINT}"
+        )
+    if content.get("period", "day") != "day":
+        raise EvalFileError(
+            f"periods file {path} has period {content['period']!r}, expected 'day'; "
+            "convert the event log with --period day"
+        )
+    entries = content["users"]
+    if not entries:
+        raise EvalFileError(f"periods file {path} lists no users; pass {PERIODS_HINT}")
+    for index, entry in enumerate(entries):
+        _check_period_entry(path, index, entry)
+    keyed = sum("row" in entry for entry in entries)
+    if 0 < keyed < len(entries):
+        raise EvalFileError(
+            f"periods file {path}: {keyed} of {len(entries)} users have a 'row' key; give every user a 'row' or none"
+        )
+    return entries
+
+
+def _check_period_entry(path: Path, index: int, entry) -> None:
+    where = f"user {index} (counting from 0) of periods file {path}"
+    if not isinstance(entry, dict):
+        raise EvalFileError(f"{where} is {entry!r}, not an object with 'days' and 'context_ends'")
+    if "row" in entry and (not _is_int(entry["row"]) or entry["row"] < 2):
+        raise EvalFileError(
+            f"{where} has row {entry['row']!r}; a TSV row number is an integer from 2 on (row 1 is the header)"
+        )
+    days, ends = entry.get("days"), entry.get("context_ends")
+    if not isinstance(days, list) or not all(isinstance(day, str) for day in days):
+        raise EvalFileError(f"{where} has days {days!r}; expected a list of day labels such as \"2024-03-01\"")
+    if not isinstance(ends, list) or not all(_is_int(end) for end in ends):
+        raise EvalFileError(f"{where} has context_ends {ends!r}; expected a list of behavior counts (integers)")
+    if not days or len(days) != len(ends):
+        raise EvalFileError(
+            f"{where} has {len(days)} day(s) and {len(ends)} context_ends; every day needs exactly one end, "
+            "and a user at least one day"
+        )
+    if ends[0] < 1 or any(later <= earlier for earlier, later in zip(ends, ends[1:])):
+        raise EvalFileError(
+            f"{where} has context_ends {ends}; they must rise strictly from at least 1, because every day "
+            "contains behaviors. Regenerate the file with scripts/convert_event_log.py --period day"
+        )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _match_period_rows(path: Path, entries: list[dict], users: EvalUsers) -> dict[int, dict]:
+    """Return TSV row -> periods entry, raising EvalFileError unless the entries cover exactly the TSV's user rows."""
+    # Every record after the header is a user row or a skipped row, so the user rows are 2..N+1.
+    num_rows = len(users) + len(users.skipped)
+    tsv_rows = range(2, 2 + num_rows)
+    if "row" not in entries[0]:
+        if len(entries) != num_rows:
+            raise EvalFileError(
+                f"periods file {path} lists {len(entries)} users but {users.path} has {num_rows} user rows; "
+                f"pass the periods file written together with this TSV"
+            )
+        return dict(zip(tsv_rows, entries))
+
+    by_row: dict[int, dict] = {}
+    for entry in entries:
+        if entry["row"] in by_row:
+            raise EvalFileError(f"periods file {path} lists row {entry['row']} twice; each TSV row needs one entry")
+        by_row[entry["row"]] = entry
+    extra = sorted(set(by_row) - set(tsv_rows))
+    missing = sorted(set(tsv_rows) - set(by_row))
+    if extra or missing:
+        problems = []
+        if extra:
+            problems.append(f"rows {_row_list(extra)} are not user rows of {users.path} (rows 2 to {num_rows + 1})")
+        if missing:
+            problems.append(f"rows {_row_list(missing)} of {users.path} have no entry")
+        raise EvalFileError(
+            f"periods file {path} does not match the TSV: {'; '.join(problems)}. "
+            "Pass the periods file written together with this TSV"
+        )
+    return by_row
+
+
+def _common_day_count(path: Path, by_row: dict[int, dict]) -> int:
+    """Return the number of days every user has, raising EvalFileError when the users differ."""
+    rows_by_count: dict[int, list[int]] = {}
+    for row, entry in sorted(by_row.items()):
+        rows_by_count.setdefault(len(entry["days"]), []).append(row)
+    if len(rows_by_count) == 1:
+        return next(iter(rows_by_count))
+    counts = "; ".join(f"{count} day(s) in rows {_row_list(rows)}" for count, rows in sorted(rows_by_count.items()))
+    raise EvalFileError(
+        f"periods file {path} gives users different numbers of context days ({counts}); the report has one row "
+        "per day, so every user needs the same number. Convert the event log with --period day, which gives "
+        "every evaluation user --context-days days"
+    )
+
+
+def _row_list(rows: list[int]) -> str:
+    listed = ", ".join(str(row) for row in rows[:_MAX_ROWS_IN_ERROR])
+    return listed + (f" and {len(rows) - _MAX_ROWS_IN_ERROR} more" if len(rows) > _MAX_ROWS_IN_ERROR else "")

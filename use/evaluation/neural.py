@@ -14,41 +14,62 @@ from tqdm.auto import tqdm
 
 from use.embedding import embed_sequences, embed_step, pad_batch
 from use.evaluation.behaviors import BehaviorData
-from use.evaluation.strategies import UserEmbeddings, pool_periods
+from use.evaluation.cache import EmbeddingCache, load_or_compute
+from use.evaluation.strategies import STRATEGIES, UserEmbeddings, pool_periods
 from use.model import UserModel
 
 logger = logging.getLogger(__name__)
 
 
-def neural_embeddings(model: UserModel, data: BehaviorData, strategies: list[str], batch_size: int) -> UserEmbeddings:
+def neural_embeddings(
+    model: UserModel,
+    data: BehaviorData,
+    strategies: list[str],
+    batch_size: int,
+    cache: EmbeddingCache | None = None,
+) -> UserEmbeddings:
     """Embed each user's history window and context periods with every requested strategy.
 
     The history embedding is the mean of last-layer hidden states over the history window
     (GPT-2: over consecutive windows of its context size, see ``use.embedding.embed_sequences``).
-    Strategies are defined in ``use.evaluation.strategies``.
+    Strategies are defined in ``use.evaluation.strategies``. With a ``cache``, the history and
+    each strategy's periods are loaded from it when a matching file exists, else computed and
+    saved. ``pool`` is never stored, because it is the running mean of the ``recent`` periods.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if "stateful" in strategies and model.config.backbone_type != "retnet":
         raise ValueError(f"strategy 'stateful' needs a RetNet model, got backbone {model.config.backbone_type!r}")
+    unknown = [strategy for strategy in strategies if strategy not in _PERIOD_EMBEDDERS and strategy != "pool"]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
 
-    history = embed_sequences(
-        model, data.histories, batch_size=batch_size, progress=True, description="history embeddings"
-    ).numpy()
+    hidden_size = model.config.hidden_size
+    history = load_or_compute(
+        cache, "history", data.rows, (len(data), hidden_size),
+        lambda: embed_sequences(
+            model, data.histories, batch_size=batch_size, progress=True, description="history embeddings"
+        ).numpy(),
+    )
     embeddings = UserEmbeddings(history=history)
 
-    recent = None
+    # (periods, users, hidden)
+    periods_shape = (data.schedule.num_periods, len(data), hidden_size)
+    by_strategy: dict[str, list[np.ndarray]] = {}
+    for strategy in dict.fromkeys("recent" if strategy == "pool" else strategy for strategy in strategies):
+        embed_batch = _PERIOD_EMBEDDERS[strategy]
+        stacked = load_or_compute(
+            cache, strategy, data.rows, periods_shape,
+            lambda: np.stack(_embed_periods(model, data, strategy, batch_size, embed_batch)),
+        )
+        by_strategy[strategy] = list(stacked)
+
     for strategy in strategies:
-        if strategy in ("recent", "pool"):
-            if recent is None:
-                recent = _embed_periods(model, data, "recent", batch_size, _recent_batch)
-            embeddings.context[strategy] = recent if strategy == "recent" else pool_periods(recent)
-        elif strategy == "stateful":
-            embeddings.context[strategy] = _embed_periods(model, data, strategy, batch_size, _stateful_batch)
-        elif strategy == "recompute":
-            embeddings.context[strategy] = _embed_periods(model, data, strategy, batch_size, _recompute_batch)
+        if strategy == "pool":
+            embeddings.context[strategy] = pool_periods(by_strategy["recent"])
+            logger.info("pool embeddings: running means of the recent embeddings")
         else:
-            raise ValueError(f"unknown strategy {strategy!r}")
+            embeddings.context[strategy] = by_strategy[strategy]
     return embeddings
 
 
@@ -94,3 +115,8 @@ def _recompute_batch(model: UserModel, data: BehaviorData, users: list[int], bat
         prefixes = [data.context_prefix(user, period) for user in users]
         per_period.append(embed_sequences(model, prefixes, batch_size=batch_size, progress=False).numpy())
     return per_period
+
+
+# The batch function that embeds the periods of each stored strategy. Pool has none, because it is
+# the running mean of recent.
+_PERIOD_EMBEDDERS = {"recent": _recent_batch, "stateful": _stateful_batch, "recompute": _recompute_batch}
