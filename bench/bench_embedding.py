@@ -30,6 +30,7 @@ from common import (  # noqa: E402
     add_common_arguments,
     load_average,
     median,
+    resolve_output,
     setup_logging,
     start_workers,
     target,
@@ -92,6 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if args.behaviors % args.period:
         raise ValueError(f"--behaviors {args.behaviors} must be a multiple of --period {args.period}.")
+    args.output = resolve_output(args.output, "embedding", args.overwrite)
     return args
 
 

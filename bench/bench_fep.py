@@ -4,8 +4,8 @@ Each call builds the multi-hot targets `(batch, seq_len, num_behaviors)` and los
 (default 16 x 512 positions, 686 behaviors) from a stream that runs W behaviors past the input.
 `build_fep_targets` and a plain unfold + scatter construction (the reference) are called alternately,
 and positions/s = batch x seq_len / median call time. Before timing, both are checked to give
-identical targets and masks on a grid of cases (window sizes on both sides of the fast path's
-threshold, padding, [UNK], out-of-vocabulary ids, context length and loss frequency).
+identical targets and masks on a grid of cases (window sizes from 1 to longer than the sequence,
+padding, [UNK], out-of-vocabulary ids, context length and loss frequency).
 
     .venv/bin/python bench/bench_fep.py            # under a minute
     .venv/bin/python bench/bench_fep.py --quick    # smoke run
@@ -29,11 +29,12 @@ from common import (  # noqa: E402
     load_average,
     median,
     memory_report,
+    resolve_output,
     setup_logging,
     target,
     write_results,
 )
-from use.objectives import PACKED_MIN_WINDOW, behavior_mask, build_fep_targets  # noqa: E402
+from use.objectives import behavior_mask, build_fep_targets  # noqa: E402
 
 logger = logging.getLogger("bench.fep")
 
@@ -55,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_size, args.seq_len, args.repeats = 4, 64, 5
+    args.output = resolve_output(args.output, "fep", args.overwrite)
     return args
 
 
@@ -97,7 +99,7 @@ def make_stream(batch: int, length: int, num_behaviors: int, device: str, seed: 
 
 def check_against_reference(args: argparse.Namespace) -> list[dict]:
     """Compare `build_fep_targets` with the reference on a grid of cases; return the mismatching cases."""
-    windows = sorted({1, 2, 5, PACKED_MIN_WINDOW - 1, PACKED_MIN_WINDOW, 64, 100, 129, *args.windows})
+    windows = sorted({1, 2, 5, 9, 10, 63, 64, 65, 100, 129, args.seq_len + 7, *args.windows})
     mismatches = []
     for window in windows:
         for num_positions, stream_extra in ((args.seq_len, window), (args.seq_len, 0), (args.seq_len - 3, window + 5)):
@@ -192,7 +194,6 @@ def main(argv=None) -> dict:
         "seq_len": args.seq_len,
         "num_behaviors": args.num_behaviors,
         "repeats": args.repeats,
-        "packed_min_window": PACKED_MIN_WINDOW,
         "matches_reference": not mismatches,
         "mismatches": mismatches,
         **memory_report(args.device),

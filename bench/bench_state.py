@@ -1,6 +1,6 @@
 """Benchmark stateful embedding updates against re-embedding the whole history, and the state store.
 
-    python bench/bench_state.py [--repeats 5] [--output bench/results/state.json]
+    python bench/bench_state.py [--repeats 5] [--output FILE [--overwrite]]
 
 Part 1, one user: the cost of absorbing `--new_behaviors` behaviors for a user whose history is each
 of `--histories` behaviors long, three ways, run side by side in each repeat:
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from common import resolve_output, write_json
 from use.model import UserModel, UserModelConfig
 from use.embedding import embed_step, pad_batch
 from use.state import UserStateStore
@@ -64,8 +65,16 @@ def parse_args() -> argparse.Namespace:
         help="skip parallel retention above this estimated memory, in GiB (default: half of the available memory)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
-    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "state.json")
-    return parser.parse_args()
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="JSON file to write. An existing file is rejected unless --overwrite is given "
+        "(default: a new file bench/results/state-YYYYMMDDTHHMMSSZ.json, named by the UTC start time)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it already exists")
+    args = parser.parse_args()
+    args.output = resolve_output(args.output, "state", args.overwrite)
+    return args
 
 
 def available_memory_bytes() -> int | None:
@@ -325,9 +334,8 @@ def main() -> None:
             "reembed_over_stateful_at_4000": at_4000[0] if at_4000 else None,
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote %s\n%s", args.output, markdown_table(one_user, store_results))
+    write_json(args.output, results, args.overwrite, "state")
+    logger.info("results of %s:\n%s", args.output, markdown_table(one_user, store_results))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from common import (  # noqa: E402
     add_common_arguments,
     load_average,
     median,
+    resolve_output,
     setup_logging,
     start_workers,
     target,
@@ -79,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError(f"--batch-size {args.batch_size} is invalid; FEP_SUP needs an even batch of user pairs.")
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps} must be at least 1.")
+    args.output = resolve_output(args.output, "training", args.overwrite)
     return args
 
 

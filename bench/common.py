@@ -6,6 +6,9 @@ machine falls on all configurations alike and the ratios between them stay meani
 absolute numbers are noisy. On CPU, workers are forked from the parent after imports and before any
 tensor work, so a worker starts with the memory of a fresh Python process that imported torch and
 `use`. CUDA workers are spawned instead, because a CUDA context cannot be used across a fork.
+
+Each run writes its record to a new file named by the benchmark and the UTC start time, so committed
+results are never replaced. An existing `--output` file is replaced only with `--overwrite`.
 """
 
 import argparse
@@ -53,12 +56,65 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
         "--output",
         type=Path,
-        default=RESULTS_DIR / f"{name}.json",
-        help=f"JSON file to write (default: bench/results/{name}.json).",
+        help="JSON file to write. An existing file is rejected unless --overwrite is given "
+        f"(default: a new file bench/results/{name}-YYYYMMDDTHHMMSSZ.json, named by the UTC start time).",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it already exists.")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random model weights and behavior ids (default: 0)."
     )
+
+
+def resolve_output(
+    output: Path | None,
+    name: str,
+    overwrite: bool,
+    results_dir: Path = RESULTS_DIR,
+    now: datetime.datetime | None = None,
+) -> Path:
+    """Return the path a benchmark writes its record to, and reject an existing `output` unless `overwrite`.
+
+    Without `output`, the path is a new file in `results_dir` named by the benchmark and the UTC time
+    (`now`, default the current time), such as `fep-20261204T235901Z.json`. When that name is taken,
+    `-2`, `-3`, ... is appended, so a run never replaces an earlier record.
+    """
+    if output is None:
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        stem = f"{name}-{now.astimezone(datetime.timezone.utc):%Y%m%dT%H%M%SZ}"
+        path = results_dir / f"{stem}.json"
+        counter = 2
+        while path.exists():
+            path = results_dir / f"{stem}-{counter}.json"
+            counter += 1
+        return path
+    if output.exists() and not overwrite:
+        raise FileExistsError(
+            f"benchmark output {output} already exists; pass --overwrite to replace it, or choose another --output."
+        )
+    return output
+
+
+def write_json(path: Path, record: dict, overwrite: bool, name: str) -> Path:
+    """Write `record` as JSON to `path` and return the path written.
+
+    Without `overwrite`, the file is created exclusively. If another process created `path` during the
+    run, the record goes to a new date-time file beside it instead, and FileExistsError names both paths.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=2) + "\n"
+    try:
+        with path.open("w" if overwrite else "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError as error:
+        fallback = resolve_output(None, name, overwrite=False, results_dir=path.parent)
+        with fallback.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+        raise FileExistsError(
+            f"benchmark output {path} was created by another process during this run, so the record was "
+            f"written to {fallback} instead."
+        ) from error
+    logger.info("wrote %s", path)
+    return path
 
 
 def configure_torch(threads: int, device: str) -> None:
@@ -247,7 +303,7 @@ def start_workers(setup: Callable[[dict], Callable[[str], dict]], specs: list[di
 
 
 def write_results(
-    path: Path,
+    path: Path | None,
     name: str,
     args: argparse.Namespace,
     settings: dict,
@@ -255,7 +311,11 @@ def write_results(
     targets: list[dict],
     load_before: list[float],
 ) -> dict:
-    """Write the benchmark's JSON record and return it."""
+    """Write the benchmark's JSON record and return it.
+
+    `path` None writes a new date-time file under bench/results; an existing `path` is replaced only
+    with `args.overwrite`.
+    """
     record = {
         "benchmark": name,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -266,9 +326,9 @@ def write_results(
         "results": results,
         "targets": targets,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote %s", path)
+    if path is None:
+        path = resolve_output(None, name, overwrite=False)
+    write_json(path, record, args.overwrite, name)
     return record
 
 

@@ -6,9 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from use import objectives
 from use.objectives import behavior_mask, build_fep_targets, clm_loss, info_nce_loss, objective_parts
 
 FIRST_BEHAVIOR_ID = 5
+CLS_ID = 1
+SEP_ID = 2
 PAD_ID = 3
 UNK_ID = 0
 
@@ -66,6 +69,18 @@ def test_fep_window_below_one_is_rejected():
         build_fep_targets(ids, ids > 0, window=0, num_positions=3, first_behavior_id=5, num_behaviors=3)
 
 
+def test_fep_zero_positions_are_rejected():
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ValueError, match="at least one position, got num_positions=0"):
+        build_fep_targets(ids, ids > 0, window=2, num_positions=0, first_behavior_id=5, num_behaviors=3)
+
+
+def test_fep_integer_content_is_rejected():
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ValueError, match="must be a bool tensor, got torch.int64"):
+        build_fep_targets(ids, torch.ones_like(ids), window=1, num_positions=2, first_behavior_id=5, num_behaviors=3)
+
+
 @pytest.mark.parametrize("contrastive_type", ["Orig", "HardNeg"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("temperature", [0.01, 0.05, 0.07, 0.1, 0.5, 1.0])
@@ -119,26 +134,97 @@ def test_objective_names_split_into_parts():
         objective_parts("MLM")
 
 
-@pytest.mark.parametrize("window", [9, 10, 17, 100])
-def test_fep_targets_match_explicit_windows(window):
-    """Both the scatter path (W < 10) and the bit-packed path (W >= 10) against a per-position loop."""
-    generator = torch.Generator().manual_seed(window)
-    num_behaviors, num_positions = 21, 150
-    ids = torch.randint(0, FIRST_BEHAVIOR_ID + num_behaviors, (3, num_positions + window), generator=generator)
-    ids[1, 90:] = PAD_ID
-    attention_mask = (ids != PAD_ID).long()
-    attention_mask[1, 90:] = 0
-    content = behavior_mask(ids, attention_mask, FIRST_BEHAVIOR_ID, UNK_ID)
-    targets, mask = build_fep_targets(
-        ids, content, window=window, num_positions=num_positions, first_behavior_id=FIRST_BEHAVIOR_ID,
-        num_behaviors=num_behaviors,
-    )
+@pytest.fixture(params=["packed", "scatter"])
+def fep_path(request, monkeypatch):
+    """Run `build_fep_targets` on CPU through its numpy path, or through the torch scatter of other devices."""
+    if request.param == "scatter":
+        monkeypatch.setattr(objectives, "_packed_fep_targets", objectives._scatter_fep_targets)
+    return request.param
 
-    for row in range(3):
+
+def explicit_fep_targets(ids, content, window, num_positions, num_behaviors, context_length=0, frequency=1):
+    """Build FEP targets and mask from their definition, one window at a time, over Python lists."""
+    targets, mask = [], []
+    for row_ids, row_content in zip(ids.tolist(), content.tolist()):
+        row_targets, row_mask = [], []
         for position in range(num_positions):
-            tokens = ids[row, position + 1 : position + 1 + window]
-            assert bool(mask[row, position]) == bool(content[row, position + 1 : position + 1 + window].all())
-            expected = torch.zeros(num_behaviors, dtype=torch.bool)
-            classes = tokens[tokens >= FIRST_BEHAVIOR_ID] - FIRST_BEHAVIOR_ID
-            expected[classes] = True
-            assert torch.equal(targets[row, position], expected), f"row {row}, position {position}"
+            window_ids = row_ids[position + 1 : position + 1 + window]
+            window_content = row_content[position + 1 : position + 1 + window]
+            complete = len(window_ids) == window and all(window_content)
+            row_mask.append(complete and position >= context_length and (position + 1) % frequency == 0)
+            marked = [False] * num_behaviors
+            for token, is_content in zip(window_ids, window_content):
+                behavior = token - FIRST_BEHAVIOR_ID
+                if is_content and 0 <= behavior < num_behaviors:
+                    marked[behavior] = True
+            row_targets.append(marked)
+        targets.append(row_targets)
+        mask.append(row_mask)
+    return torch.tensor(targets, dtype=torch.bool), torch.tensor(mask, dtype=torch.bool)
+
+
+def test_fep_hand_written_case(fep_path):
+    # [CLS], classes 0 2, [UNK], classes 2 1, an out-of-vocabulary id, class 3, then two padding tokens.
+    ids = torch.tensor([[CLS_ID, 5, 7, UNK_ID, 7, 6, 20, 8, PAD_ID, PAD_ID]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 0, 0]])
+    content = behavior_mask(ids, attention_mask, FIRST_BEHAVIOR_ID, UNK_ID)
+    arguments = {"window": 3, "num_positions": 8, "first_behavior_id": FIRST_BEHAVIOR_ID, "num_behaviors": 4}
+
+    targets, mask = build_fep_targets(ids, content, **arguments)
+
+    assert targets.shape == (1, 8, 4)
+    assert targets[0].int().tolist() == [
+        [1, 0, 1, 0],  # tokens 1-3: class 0, class 2, [UNK]
+        [0, 0, 1, 0],  # class 2, [UNK], class 2
+        [0, 1, 1, 0],
+        [0, 1, 1, 0],  # class 2, class 1, out of vocabulary
+        [0, 1, 0, 1],
+        [0, 0, 0, 1],  # out of vocabulary, class 3, padding
+        [0, 0, 0, 1],
+        [0, 0, 0, 0],  # padding, then past the end of the stream
+    ]
+    assert mask[0].tolist() == [True, True, True, True, True, False, False, False]
+
+    _, kept_mask = build_fep_targets(ids, content, context_length=1, frequency=2, **arguments)
+    assert kept_mask[0].tolist() == [False, True, False, True, False, False, False, False]
+
+
+FEP_NUM_BEHAVIORS = 131  # three 64-bit words per packed row, the last one partly used
+FEP_NUM_POSITIONS = 80
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 9, 10, 63, 64, 65, 100, 129, 200])
+@pytest.mark.parametrize("stream", ["runs W past the input", "ends with the input", "ends 5 past the windows"])
+def test_fep_targets_match_definition(fep_path, window, stream):
+    num_positions = FEP_NUM_POSITIONS - 3 if stream == "ends 5 past the windows" else FEP_NUM_POSITIONS
+    stream_length = {
+        "runs W past the input": num_positions + window,
+        "ends with the input": num_positions,
+        "ends 5 past the windows": num_positions + window + 5,
+    }[stream]
+    generator = torch.Generator().manual_seed(window)
+    ids = torch.randint(
+        FIRST_BEHAVIOR_ID, FIRST_BEHAVIOR_ID + FEP_NUM_BEHAVIORS, (3, stream_length), generator=generator
+    )
+    ids[:, 0] = CLS_ID
+    ids[0, 7] = UNK_ID
+    ids[1, 40] = UNK_ID
+    ids[1, 20] = SEP_ID  # a special token inside the stream: not content, so no window over it is complete
+    ids[0, 30] = FIRST_BEHAVIOR_ID + FEP_NUM_BEHAVIORS + 3  # out of vocabulary: a behavior token with no class
+    attention_mask = torch.ones_like(ids)
+    attention_mask[2, stream_length // 2 :] = 0
+    ids[2, stream_length // 2 :] = PAD_ID
+    content = behavior_mask(ids, attention_mask, FIRST_BEHAVIOR_ID, UNK_ID)
+
+    for context_length, frequency in [(0, 1), (6, 4)]:
+        targets, mask = build_fep_targets(
+            ids, content, window, num_positions, FIRST_BEHAVIOR_ID, FEP_NUM_BEHAVIORS, context_length, frequency
+        )
+        expected_targets, expected_mask = explicit_fep_targets(
+            ids, content, window, num_positions, FEP_NUM_BEHAVIORS, context_length, frequency
+        )
+        case = f"context length {context_length}, frequency {frequency}"
+        assert targets.shape == expected_targets.shape, case
+        assert torch.equal(targets, expected_targets), case
+        assert torch.equal(mask, expected_mask), case
+        assert mask.any() or window > stream_length, case

@@ -7,6 +7,8 @@
   the batch are negatives. The loss is a symmetric InfoNCE with a temperature.
 """
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -74,11 +76,41 @@ def build_fep_targets(
     model input, so the last input positions can have complete windows.
 
     Returns targets `(batch, num_positions, num_behaviors)` bool and mask `(batch, num_positions)` bool.
+    On CPU both are tensors over numpy arrays, built by `_packed_fep_targets`. Other devices take the
+    torch scatter of `_scatter_fep_targets`, which gives the same values.
     """
     if window < 1:
         raise ValueError(f"FEP window size must be at least 1, got {window}.")
     if frequency < 1:
         raise ValueError(f"FEP loss frequency must be at least 1, got {frequency}.")
+    if num_positions < 1:
+        raise ValueError(f"FEP targets need at least one position, got num_positions={num_positions}.")
+    if content.dtype != torch.bool:
+        raise ValueError(f"FEP content mask must be a bool tensor, got {content.dtype}; build it with behavior_mask.")
+    # On one CPU thread the packed path was faster than the scatter at every W measured (1, 2, 3, 5, 8,
+    # 10, 20 and 100, with batch 16 x 512 and 686 behaviors on a 2-core Xeon, by bench/bench_fep.py).
+    # NOTE: other devices take the scatter, because the packed path runs in numpy. No GPU version of
+    # the packed path has been written or timed against it.
+    arguments = (stream_ids, content, window, num_positions, first_behavior_id, num_behaviors)
+    if stream_ids.device.type == "cpu":
+        targets, mask = _packed_fep_targets(*arguments)
+    else:
+        targets, mask = _scatter_fep_targets(*arguments)
+
+    if context_length > 0 or frequency > 1:
+        positions = torch.arange(num_positions, device=mask.device)
+        keep = (positions >= context_length) & ((positions + 1) % frequency == 0)
+        mask &= keep[None, :]
+    return targets, mask
+
+
+def _scatter_fep_targets(
+    stream_ids: Tensor, content: Tensor, window: int, num_positions: int, first_behavior_id: int, num_behaviors: int
+) -> tuple[Tensor, Tensor]:
+    """Build FEP targets by scattering every (position, window slot) pair's class, and the mask, in torch.
+
+    Takes the arguments of `build_fep_targets` but applies neither `context_length` nor `frequency`.
+    """
     stream_len = stream_ids.shape[1]
     needed = num_positions + window
     if stream_len < needed:
@@ -90,77 +122,114 @@ def build_fep_targets(
     future_content = content[:, 1:needed]
     classes = stream_ids[:, 1:needed] - first_behavior_id
     is_class = future_content & (classes >= 0) & (classes < num_behaviors)
-    if window < PACKED_MIN_WINDOW or classes.device.type != "cpu":
-        targets = _scatter_window_classes(classes, is_class, window, num_behaviors)
-    else:
-        targets = _packed_window_classes(classes, is_class, window, num_positions, num_behaviors)
+    # A token that marks no class ([UNK], padding, special and out-of-vocabulary ids) goes to an extra
+    # column, which is dropped at the end.
+    columns = torch.where(is_class, classes, num_behaviors)  # (batch, num_positions + W - 1)
+    class_windows = columns.unfold(1, window, 1)  # (batch, num_positions, W)
+    targets = torch.zeros(*class_windows.shape[:2], num_behaviors + 1, dtype=torch.bool, device=columns.device)
+    targets.scatter_(2, class_windows, True)
 
     # A window is complete when it contains no non-content token, so compare running counts W tokens apart.
     missing = F.pad((~future_content).cumsum(dim=1, dtype=torch.int32), (1, 0))  # (batch, needed)
     mask = missing[:, window:needed] == missing[:, :num_positions]
-    if context_length > 0 or frequency > 1:
-        positions = torch.arange(num_positions, device=stream_ids.device)
-        keep = (positions >= context_length) & ((positions + 1) % frequency == 0)
-        mask &= keep[None, :]
-    return targets, mask
+    return targets[..., :num_behaviors], mask
 
 
-# On CPU, below this window size one scatter of every (position, window slot) pair is the fastest way
-# to fill the targets. From it on, OR-ing bit-packed rows wins, because that costs log2(W) passes over
-# the packed rows instead of W scattered writes per position. Both take about the same time near W = 9
-# (batch 16 x 512, 686 behaviors, one thread of a 2-core Xeon, timed like bench/bench_fep.py).
-# NOTE: other devices always take the scatter path, because the packed path unpacks bits with numpy.
-# No GPU version of the packed path has been written or timed against it.
-PACKED_MIN_WINDOW = 10
+def _packed_fep_targets(
+    stream_ids: Tensor, content: Tensor, window: int, num_positions: int, first_behavior_id: int, num_behaviors: int
+) -> tuple[Tensor, Tensor]:
+    """Build FEP targets and mask on CPU by OR-ing bit-packed token rows over each window, in numpy.
 
-
-def _scatter_window_classes(classes: Tensor, is_class: Tensor, window: int, num_behaviors: int) -> Tensor:
-    """Build multi-hot windows `(batch, positions, num_behaviors)` by scattering each window's classes.
-
-    `classes` and `is_class` are `(batch, positions + window - 1)`, starting at the first window's token.
+    Takes the arguments of `build_fep_targets` but applies neither `context_length` nor `frequency`.
+    Each token becomes a row of 64-bit words with one bit set: its class, or the spare bit
+    `num_behaviors` for a token outside `content`, so a window is complete when its OR lacks that bit.
+    Runs in numpy, whose operations on arrays this small cost less than torch's, and which has unpackbits.
     """
-    # A non-behavior token goes to an extra column that is dropped at the end.
-    columns = torch.where(is_class, classes, torch.full_like(classes, num_behaviors))
-    class_windows = columns.unfold(1, window, 1)  # (batch, positions, window)
-    targets = torch.zeros(*class_windows.shape[:2], num_behaviors + 1, dtype=torch.bool, device=classes.device)
-    targets.scatter_(2, class_windows, True)
-    return targets[..., :num_behaviors]
+    batch = stream_ids.shape[0]
+    length = num_positions + window - 1  # stream tokens 1 .. length are in some position's window
+    present = content.numpy()[:, 1 : length + 1]
+    classes = np.subtract(stream_ids.numpy()[:, 1 : length + 1], first_behavior_id, dtype=np.int64)
+    # Viewed as unsigned, negative classes are huge, so the minimum maps every id outside the vocabulary,
+    # [UNK] included, to the no-class row num_behaviors.
+    known = np.minimum(classes.view(np.uint64), num_behaviors).view(np.int64)
+    columns = np.where(present, known, num_behaviors + 1)
+    if columns.shape[1] < length:
+        # Positions past the end of the stream are not content.
+        columns = np.pad(columns, ((0, 0), (0, length - columns.shape[1])), constant_values=num_behaviors + 1)
+
+    token_bits = _token_bit_rows(num_behaviors)  # (num_behaviors + 2, words)
+    words = token_bits.shape[1]
+    windows = np.empty((batch, num_positions, words), dtype=np.uint64)
+    sequences_per_chunk = max(1, _PACKED_CHUNK_BYTES // (length * words * 8))
+    buffers = np.empty((2, min(batch, sequences_per_chunk) * length, words), dtype=np.uint64)
+    for start in range(0, batch, sequences_per_chunk):
+        chunk = slice(start, start + sequences_per_chunk)
+        rows, spare = buffers[:, : columns[chunk].size]
+        # Every index is a row of token_bits, so mode="clip" changes nothing, and it lets take write into
+        # `out` directly instead of through a temporary array.
+        token_bits.take(columns[chunk].reshape(-1), axis=0, out=rows, mode="clip")
+        _or_windows(rows, spare, window, out=windows[chunk])
+
+    window_bytes = windows.view(np.uint8)  # (batch, num_positions, 8 * words)
+    mask = (window_bytes[..., num_behaviors // 8] & (128 >> num_behaviors % 8)) == 0
+    # Byte b of a row contains classes 8b .. 8b + 7 from the most significant bit down, the order in which
+    # unpackbits writes them, so output column c is class c.
+    unpacked = np.unpackbits(window_bytes.reshape(-1)).view(np.bool_)
+    targets = unpacked.reshape(batch, num_positions, 64 * words)[..., :num_behaviors]
+    return torch.from_numpy(targets), torch.from_numpy(mask)
 
 
-def _packed_window_classes(
-    classes: Tensor, is_class: Tensor, window: int, num_positions: int, num_behaviors: int
-) -> Tensor:
-    """Build multi-hot windows `(batch, num_positions, num_behaviors)` by OR-ing bit-packed token rows, on CPU.
+# Size of each of the two row buffers that `_or_windows` works in, so that both fit a 1 MiB L2 cache.
+# Chunks of 2 to 6 sequences (110 to 320 KiB per buffer) were about 10-20% faster at W = 100 than one
+# pass over the whole batch, and no slower at W = 5 and 20 (bench/bench_fep.py sizes, one thread of a
+# Xeon with 2 MiB of L2 per core).
+_PACKED_CHUNK_BYTES = 256 * 1024
 
-    Each token becomes a row of ceil(C / 8) bytes with bit c % 8 of byte c // 8 set for its class c.
-    Runs in numpy, whose small-array operations cost less than torch's here and which has unpackbits.
+
+def _or_windows(rows: np.ndarray, spare: np.ndarray, window: int, out: np.ndarray) -> None:
+    """Write into `out` `(sequences, positions, words)` the OR of each window of `window` bit rows.
+
+    `rows` is `(sequences * (positions + window - 1), words)`: the rows of each sequence in turn, where
+    window t of a sequence is its rows t .. t + window - 1. `spare` is a buffer of the same shape, and
+    both are overwritten. It takes floor(log2(window)) + 1 passes over the rows.
     """
-    batch, length = classes.shape
-    num_bytes = (num_behaviors + 7) // 8
-    token_rows = np.flatnonzero(is_class.numpy())  # behavior tokens, as rows of the sequences laid end to end
-    token_classes = classes.numpy().reshape(-1)[token_rows]
-    packed = np.zeros((batch * length, num_bytes), dtype=np.uint8)
-    packed[token_rows, token_classes >> 3] = np.left_shift(1, token_classes & 7).astype(np.uint8)
+    sequences, num_positions, words = out.shape
+    length = num_positions + window - 1
+    current = rows
 
-    # Doubling: after each step, row r is the OR of the `span` rows from r on. Rows whose span runs into
-    # the next sequence are wrong, but no window reads them, because every window of a sequence ends
-    # by its row length - 1.
-    rows = packed.reshape(-1)
+    # Doubling: after each pass, row r of the first `valid` rows is the OR of the `span` rows from r on.
+    # Rows whose span runs into the next sequence are wrong, but no window reads them, because every
+    # window of a sequence ends by its row length - 1.
+    valid = len(rows)
     span = 1
     while 2 * span <= window:
-        rows = rows[: -span * num_bytes] | rows[span * num_bytes :]
+        valid -= span
+        np.bitwise_or(current[:valid], current[span : valid + span], out=spare[:valid])
+        current, spare = spare, current
         span *= 2
-    # span <= W < 2 * span, so the spans from rows t and t + W - span cover exactly the W rows of window t.
-    shift = (window - span) * num_bytes
-    if shift:
-        rows = rows[:-shift] | rows[shift:]
-    windows = np.lib.stride_tricks.as_strided(
-        rows, (batch, num_positions, num_bytes), (length * num_bytes, num_bytes, 1), writeable=False
-    )
 
-    # bitorder="little" puts bit i of byte j at column 8j + i, which is class 8j + i.
-    unpacked = np.unpackbits(np.ascontiguousarray(windows).reshape(-1), bitorder="little")
-    return torch.from_numpy(unpacked).view(torch.bool).view(batch, num_positions, 8 * num_bytes)[..., :num_behaviors]
+    # span <= W < 2 * span, so the spans from rows t and t + W - span cover exactly the W rows of window t.
+    # The last row this reads is row `valid` - 1.
+    current = current.reshape(sequences, length, words)
+    shift = window - span
+    np.bitwise_or(current[:, :num_positions], current[:, shift : shift + num_positions], out=out)
+
+
+@functools.lru_cache(maxsize=16)
+def _token_bit_rows(num_behaviors: int) -> np.ndarray:
+    """Build the read-only bit rows `(num_behaviors + 2, words)` uint64 that `_packed_fep_targets` ORs.
+
+    Row c < num_behaviors has bit c set, row num_behaviors (a token that is content but no class)
+    has none, and row num_behaviors + 1 (not content) has the spare bit num_behaviors. The bits are
+    laid out by byte, as packbits writes them, so they mean the same classes on any byte order.
+    """
+    words = num_behaviors // 64 + 1  # at least one bit past the classes, for the spare bit
+    one_hot = np.zeros((num_behaviors + 2, 64 * words), dtype=bool)
+    one_hot[np.arange(num_behaviors), np.arange(num_behaviors)] = True
+    one_hot[num_behaviors + 1, num_behaviors] = True
+    rows = np.packbits(one_hot, axis=1).view(np.uint64)
+    rows.flags.writeable = False
+    return rows
 
 
 def fep_loss(logits: Tensor, targets: Tensor) -> Tensor:
