@@ -1,5 +1,6 @@
 """The demo pipeline end to end at its smallest settings, on the committed DNA subset (no download)."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -7,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
+
+import train_user_model
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("USE", "USE-CLM", "Trans-CLM", "RetNet (untrained)", "tf-idf")
@@ -31,3 +35,46 @@ def test_quick_demo_writes_summary():
     assert "Sanity check: trained USE" in summary
     for name in ("USE", "USE-CLM", "Trans-CLM"):
         assert (REPO / "artifacts_demo_quick/dna" / name / "model.safetensors").is_file()
+
+
+def load_run_demo():
+    spec = importlib.util.spec_from_file_location("run_demo", REPO / "scripts" / "run_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_untrained_model_is_use_initial_weights(tmp_path):
+    """The demo's untrained RetNet has exactly the weights that USE's training started from."""
+    demo = load_run_demo()
+    model_dir = tmp_path / "USE"
+    arguments = {
+        "--data-dir": REPO / "tests" / "fixtures" / "train" / "dna_users.txt",
+        "--tokenizer-path": REPO / "tokenizer" / "dna",
+        "--model-output-path": model_dir,
+        "--cache-dir": tmp_path / "cache",
+        "--training-objective": "FEP_SUP",
+        "--hidden-size": 16,
+        "--num-hidden-layers": 1,
+        "--num-heads": 2,
+        "--min-model-input-size": 20,
+        "--max-model-input-size": 40,
+        "--user-segments-gap": 5,
+        "--per-device-batch-size": 4,
+        "--test-size": 0,
+        "--max-steps": 1,
+        # One AdamW step of at most 1e-30 is far below float32 resolution at weights of about 0.02,
+        # so the saved weights are the initial ones.
+        "--learning-rate": 1e-30,
+        "--seed": demo.MODEL["seed"],
+    }
+    assert train_user_model.main([str(item) for pair in arguments.items() for item in pair]) == 0
+
+    demo.save_untrained(model_dir, tmp_path / "untrained", "dna")
+
+    trained = load_file(model_dir / "model.safetensors")
+    untrained = load_file(tmp_path / "untrained" / "model.safetensors")
+    assert sorted(trained) == sorted(untrained)
+    for name, tensor in trained.items():
+        assert untrained[name].equal(tensor), name
+    assert (tmp_path / "untrained" / "tokenizer.json").read_bytes() == (REPO / "tokenizer/dna/tokenizer.json").read_bytes()
