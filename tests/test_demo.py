@@ -78,3 +78,38 @@ def test_untrained_model_is_use_initial_weights(tmp_path):
     for name, tensor in trained.items():
         assert untrained[name].equal(tensor), name
     assert (tmp_path / "untrained" / "tokenizer.json").read_bytes() == (REPO / "tokenizer/dna/tokenizer.json").read_bytes()
+
+
+def load_training_effect():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        spec = importlib.util.spec_from_file_location("training_effect", REPO / "scripts" / "training_effect.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return module
+
+
+def test_training_effect_setting_parsing():
+    parse = load_training_effect().parse_setting
+    assert parse("demo:") == ("demo", {})
+    assert parse("w20:fep_window_size=20,batch_users=32,learning_rate=2e-3,objective=SUP") == (
+        "w20",
+        {"fep_window_size": 20, "batch_users": 32, "learning_rate": 2e-3, "objective": "SUP"},
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("w20", "expected NAME:key=value"),
+        ("w20:hidden_size=64", "changes 'hidden_size'; the settings that can change are"),
+        ("w20:fep_window_size=big", "fep_window_size='big' is not a valid int"),
+        ("w20:objective=MLM", "objective must be one of CLM, FEP, SUP, FEP_SUP"),
+    ],
+)
+def test_training_effect_rejects_bad_setting(text, message):
+    module = load_training_effect()
+    with pytest.raises(module.argparse.ArgumentTypeError, match=message):
+        module.parse_setting(text)
