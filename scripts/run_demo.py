@@ -253,7 +253,19 @@ def summary_rows(name: str, metrics: dict) -> list[str]:
     return rows
 
 
-def write_summary(dataset: str, out_dir: Path, names: list[str], seconds: float) -> Path:
+def record_wall_time(out_dir: Path, seconds: float) -> list[float]:
+    """Append this invocation's wall time to `wall_times.json` and return all of them, oldest first.
+
+    A rerun skips finished steps, so only the sum over invocations is the demo's cost.
+    """
+    path = out_dir / "wall_times.json"
+    times = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    times.append(round(seconds, 1))
+    path.write_text(json.dumps(times) + "\n", encoding="utf-8")
+    return times
+
+
+def write_summary(dataset: str, out_dir: Path, names: list[str], times: list[float]) -> Path:
     settings = DATASETS[dataset]
     model = {**MODEL, **settings["model"]}
     periods = settings["max_len"] // settings["period_len"]
@@ -262,8 +274,8 @@ def write_summary(dataset: str, out_dir: Path, names: list[str], seconds: float)
         "",
         f"Command: `make demo DATA={dataset}`. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}. "
-        f"Date: {date.today().isoformat()}. Wall time of this invocation (finished steps are skipped on a rerun): "
-        f"{seconds / 60:.1f} minutes.",
+        f"Date: {date.today().isoformat()}. Wall time: {sum(times) / 60:.1f} minutes over {len(times)} "
+        f"invocation(s), the last one {times[-1] / 60:.1f} minutes (a rerun skips finished steps).",
         "",
         f"Models: hidden {model['hidden_size']}, {model['num_hidden_layers']} layers, {model['num_heads']} heads, "
         f"{model['max_steps']} steps of {model['batch_users']} users, segments of up to {model['max_input'] - 2} behaviors. "
@@ -329,7 +341,8 @@ def main(argv=None) -> None:
         evaluate(name, models_dir / name, dataset, data_dir, out_dir, logs)
     evaluate(BASELINE, None, dataset, data_dir, out_dir, logs)
 
-    path = write_summary(dataset, out_dir, [*TRAINED, UNTRAINED, BASELINE], time.perf_counter() - started)
+    times = record_wall_time(out_dir, time.perf_counter() - started)
+    path = write_summary(dataset, out_dir, [*TRAINED, UNTRAINED, BASELINE], times)
     verdict = sanity_check(out_dir)
     with path.open("a", encoding="utf-8") as summary:
         summary.write(f"\n{verdict}\n")

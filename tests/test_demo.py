@@ -1,6 +1,7 @@
 """The demo pipeline end to end at its smallest settings, on the committed DNA subset (no download)."""
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -113,3 +114,10 @@ def test_training_effect_rejects_bad_setting(text, message):
     module = load_training_effect()
     with pytest.raises(module.argparse.ArgumentTypeError, match=message):
         module.parse_setting(text)
+
+
+def test_wall_times_accumulate_over_reruns(tmp_path):
+    demo = load_run_demo()
+    assert demo.record_wall_time(tmp_path, 300.04) == [300.0]
+    assert demo.record_wall_time(tmp_path, 5.5) == [300.0, 5.5]
+    assert json.loads((tmp_path / "wall_times.json").read_text(encoding="utf-8")) == [300.0, 5.5]
