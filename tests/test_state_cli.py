@@ -3,6 +3,7 @@
 import csv
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -111,8 +112,110 @@ def test_bad_export_suffix_updates_nothing(tmp_path, caplog):
     store_path = tmp_path / "users.db"
 
     assert run_cli(checkpoint, store_path, events, "--export", str(tmp_path / "out.csv")) == 1
-    assert "nothing was updated" in caplog.text
+    assert "must end in `.npy` or `.parquet`. Nothing was updated." in caplog.text
     assert not store_path.exists()
+
+
+def stored_behaviors(store_path) -> dict[str, int]:
+    with sqlite3.connect(store_path) as connection:
+        return dict(connection.execute("SELECT user_id, num_behaviors FROM users"))
+
+
+def test_missing_export_folder_updates_nothing(tmp_path, checkpoint, caplog):
+    events = write_tsv(tmp_path / "events.tsv", [("a", "hello")])
+    store_path = tmp_path / "users.db"
+    export = tmp_path / "missing" / "e.npy"
+
+    assert run_cli(checkpoint, store_path, events, "--export", str(export)) == 1
+    assert f"{str(export.parent)!r}, which is not an existing folder. Create it first" in caplog.text
+    assert "Nothing was updated." in caplog.text
+    assert not store_path.exists()
+
+
+def test_export_folder_target_updates_nothing(tmp_path, checkpoint, caplog):
+    events = write_tsv(tmp_path / "events.tsv", [("a", "hello")])
+    store_path = tmp_path / "users.db"
+    (tmp_path / "e.ids.txt").mkdir()
+
+    assert run_cli(checkpoint, store_path, events, "--export", str(tmp_path / "e.npy")) == 1
+    assert f"export target {str(tmp_path / 'e.ids.txt')!r} is a folder" in caplog.text
+    assert not store_path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_export_folder_updates_nothing(tmp_path, checkpoint, caplog):
+    events = write_tsv(tmp_path / "events.tsv", [("a", "hello")])
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert run_cli(checkpoint, tmp_path / "users.db", events, "--export", str(folder / "e.npy")) == 1
+    finally:
+        folder.chmod(0o755)
+    assert "which is not writable" in caplog.text
+    assert not (tmp_path / "users.db").exists()
+
+
+def test_failed_export_write_rolls_back(tmp_path, checkpoint, caplog):
+    store_path = tmp_path / "users.db"
+    assert run_cli(checkpoint, store_path, write_tsv(tmp_path / "day1.tsv", [("a", "hi")])) == 0
+    events = write_tsv(tmp_path / "day2.tsv", [("a", "abc"), ("b", "hello")])
+    export = tmp_path / "e.npy"
+    # A folder at the temporary file's name passes the checks on --export but fails the write.
+    blocker = tmp_path / ".e.npy.tmp"
+    blocker.mkdir()
+
+    caplog.clear()
+    assert run_cli(checkpoint, store_path, events, "--export", str(export)) == 1
+    assert f"could not write the export {str(export)!r}" in caplog.text
+    assert "nothing was committed, so the store is as before this run" in caplog.text
+    assert stored_behaviors(store_path) == {"a": 2}
+    assert not export.exists()
+    assert not ids_path_for(export).exists()
+    assert not (tmp_path / ".e.ids.txt.tmp").exists()
+
+    blocker.rmdir()
+    assert run_cli(checkpoint, store_path, events, "--export", str(export)) == 0
+    assert stored_behaviors(store_path) == {"a": 5, "b": 5}
+    assert ids_path_for(export).read_text(encoding="utf-8").splitlines() == ["a", "b"]
+    assert not blocker.exists()
+    with UserStateStore.open(store_path, checkpoint, TOKENIZER) as store:
+        expected, _ = one_pass(store, ["hiabc", "hello"])
+    assert np.abs(np.load(export) - expected.numpy()).max() <= 1e-4
+
+
+def test_export_mismatch_rolls_back_update(tmp_path, checkpoint, caplog):
+    other = tmp_path / "other"
+    tiny_user_model("retnet", vocab_size=101, chunk_size=8, objective="CLM", initializer_range=0.05).save_pretrained(other)
+    store_path = tmp_path / "users.db"
+    assert run_cli(other, store_path, write_tsv(tmp_path / "old.tsv", [("old", "xyz")])) == 0
+
+    # The update of "new" succeeds, but the export meets "old" of another checkpoint and fails.
+    events = write_tsv(tmp_path / "new.tsv", [("new", "hello")])
+    export = tmp_path / "e.parquet"
+    assert run_cli(checkpoint, store_path, events, "--export", str(export)) == 1
+    assert "computed with another checkpoint" in caplog.text
+    assert stored_behaviors(store_path) == {"old": 3}
+    assert not export.exists()
+    assert not (tmp_path / ".e.parquet.tmp").exists()
+
+    assert run_cli(checkpoint, store_path, events, "--export", str(export), "--skip_invalid") == 0
+    assert stored_behaviors(store_path) == {"old": 3, "new": 5}
+    assert export.is_file()
+
+
+def test_help_has_no_literal_tab():
+    result = subprocess.run(
+        [sys.executable, "-m", "use.embed", "--help"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\t" not in result.stdout
+    assert 'delimiter="\\t"' in result.stdout
 
 
 def test_missing_input_is_a_clear_error(tmp_path, caplog):

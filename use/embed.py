@@ -7,8 +7,11 @@ The input is a tab-separated file with a header row that has the columns `user_i
 The events are the user's new behaviors in time order, as the tokenizer splits them: one character
 per behavior for the character tokenizers, one space-separated event name for an event tokenizer.
 The file is read with Python's csv module (tab delimiter, standard quoting), so events may contain
-tabs, line breaks or quotes when the file is written by `csv.writer(handle, delimiter="\t")`. Several rows of one user
-are concatenated in file order. A user not yet in the store starts from scratch.
+tabs, line breaks or quotes when the file is written by `csv.writer(handle, delimiter="\\t")`. Several rows of one
+user are concatenated in file order. A user not yet in the store starts from scratch.
+
+With `--export`, the update commits only after the export is written, so a failed export leaves the
+store unchanged and the same command can be rerun.
 """
 
 import argparse
@@ -19,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .state import StateStoreError, UserStateStore
-from .state.export import EXPORT_SUFFIXES
+from .state import ExportNotMovedError, StateStoreError, UserStateStore
+from .state.export import check_export_path
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.export and Path(args.export).suffix not in EXPORT_SUFFIXES:
-        raise ValueError(f"--export {args.export!r} must end in one of {EXPORT_SUFFIXES}; nothing was updated.")
+    if args.export:
+        try:
+            check_export_path(Path(args.export))
+        except ValueError as error:
+            raise ValueError(f"--export: {error} Nothing was updated.") from error
     if args.batch_size < 1:
         raise ValueError(f"--batch_size {args.batch_size} must be at least 1.")
     user_ids, pieces = read_events(args.input)
@@ -124,9 +130,17 @@ def run(args: argparse.Namespace) -> int:
     ) as store:
         events = [join_rows(store.tokenizer, user_pieces) for user_pieces in pieces]
         start = time.perf_counter()
-        report = store.update_with_report(
-            user_ids, events, reset_mismatched=args.reset_mismatched, skip_invalid=args.skip_invalid, progress=True
-        )
+        options = {"reset_mismatched": args.reset_mismatched, "skip_invalid": args.skip_invalid, "progress": True}
+        if args.export:
+            try:
+                report, _ = store.update_and_export(user_ids, events, args.export, **options)
+            except ExportNotMovedError:
+                raise
+            except (StateStoreError, OSError, ValueError):
+                logger.error("nothing was committed, so the store is as before this run; rerun the command after the fix.")
+                raise
+        else:
+            report = store.update_with_report(user_ids, events, **options)
         seconds = time.perf_counter() - start
         logger.info(
             "updated %d users (%d new, %d continued, %d reset) with %d behaviors (%d unknown to the tokenizer, "
@@ -142,8 +156,6 @@ def run(args: argparse.Namespace) -> int:
             len(report.skipped),
             len(store),
         )
-        if args.export:
-            store.export(args.export, skip_invalid=args.skip_invalid)
     return 0
 
 

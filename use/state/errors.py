@@ -66,3 +66,7 @@ class CorruptStateError(StateStoreError):
             f"{len(problems)} stored rows are corrupt ({details}).{committed} Delete these users (delete()) and "
             "re-embed their history, or pass skip_invalid=True (CLI: --skip_invalid) to leave them out."
         )
+
+
+class ExportNotMovedError(StateStoreError, OSError):
+    """An update was committed, but its export could not be renamed from its temporary files onto its target."""

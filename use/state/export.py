@@ -1,16 +1,13 @@
 """Writing stored embeddings to .npy (plus an ids file) or parquet."""
 
-import logging
+import importlib.util
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch import Tensor
-
-logger = logging.getLogger(__name__)
 
 EXPORT_SUFFIXES = (".npy", ".parquet")
 
@@ -30,54 +27,100 @@ def ids_path_for(path: Path) -> Path:
     return path.with_suffix(".ids.txt")
 
 
-def write_embeddings(path: Path, blocks: Iterable[EmbeddingBlock], hidden_size: int) -> int:
-    """Write the blocks to `path` (.npy or .parquet) and return the number of users written.
+def check_export_path(path: Path) -> None:
+    """Raise ValueError if an export to `path` can be seen to fail before anything is written.
 
-    Files are written under a temporary name and renamed at the end, so a failed export leaves no
-    partial file. The .npy export keeps all embeddings in memory (users x hidden x 4 bytes) before
-    writing; parquet is written block by block.
+    Checks the suffix, that the folder exists and is writable, that no target is a folder, and that
+    pyarrow is installed for parquet. Writing can still fail later, for example on a full disk.
     """
     if path.suffix not in EXPORT_SUFFIXES:
-        raise ValueError(f"export path {str(path)!r} must end in one of {EXPORT_SUFFIXES}.")
-    if path.suffix == ".npy":
-        return _write_npy(path, blocks, hidden_size)
-    return _write_parquet(path, blocks, hidden_size)
+        raise ValueError(f"export path {str(path)!r} must end in `.npy` or `.parquet`.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"export path {str(path)!r} is in {str(folder)!r}, which is not an existing folder. Create it first.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"export path {str(path)!r} is in {str(folder)!r}, which is not writable. Pick a writable folder.")
+    targets = [path, ids_path_for(path)] if path.suffix == ".npy" else [path]
+    for target in targets:
+        if target.is_dir():
+            raise ValueError(f"export target {str(target)!r} is a folder. Pass a file path or remove the folder.")
+    if path.suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise ValueError(f"exporting to {str(path)!r} needs pyarrow (pip install pyarrow); or export to .npy.")
 
 
-@contextmanager
-def _replace_on_success(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path` and move it onto `path` if the block succeeds."""
+@dataclass
+class StagedExport:
+    """An export written to temporary files next to its targets, not yet moved onto them."""
+
+    path: Path
+    written: int
+    # (temporary, target) pairs, moved in this order.
+    moves: list[tuple[Path, Path]]
+
+    def move_into_place(self) -> None:
+        """Rename each temporary file onto its target, and delete the ones not yet moved if a rename fails.
+
+        Each rename is atomic (the files are in one folder), but the .npy array and its ids file are two
+        renames, so an error between them leaves a new array with the old ids file.
+        """
+        for index, (temporary, target) in enumerate(self.moves):
+            try:
+                os.replace(temporary, target)
+            except OSError as error:
+                StagedExport(self.path, self.written, self.moves[index:]).discard()
+                raise OSError(f"could not move the export onto {str(target)!r}: {error}") from error
+
+    def discard(self) -> None:
+        """Delete the temporary files that are still there, but not a folder found at a temporary name."""
+        for temporary, _ in self.moves:
+            if not temporary.is_dir():
+                temporary.unlink(missing_ok=True)
+
+
+def stage_embeddings(path: Path, blocks: Iterable[EmbeddingBlock], hidden_size: int) -> StagedExport:
+    """Write the blocks to temporary files next to `path` and return them, to be moved into place.
+
+    The .npy export keeps all embeddings in memory (users x hidden x 4 bytes) before writing; parquet
+    is written block by block. On any error the temporary files are deleted, and an OSError names
+    `path`, not the temporary file.
+    """
+    check_export_path(path)
     temporary = path.with_name(f".{path.name}.tmp")
+    moves = [(temporary, path)]
+    if path.suffix == ".npy":
+        ids_path = ids_path_for(path)
+        moves.append((ids_path.with_name(f".{ids_path.name}.tmp"), ids_path))
+    staged = StagedExport(path=path, written=0, moves=moves)
     try:
-        yield temporary
+        if path.suffix == ".npy":
+            staged.written = _write_npy(moves[0][0], moves[1][0], blocks, hidden_size)
+        else:
+            staged.written = _write_parquet(temporary, blocks, hidden_size)
+    except OSError as error:
+        staged.discard()
+        raise OSError(f"could not write the export {str(path)!r} (through its temporary file): {error}") from error
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        staged.discard()
         raise
-    os.replace(temporary, path)
+    return staged
 
 
-def _write_npy(path: Path, blocks: Iterable[EmbeddingBlock], hidden_size: int) -> int:
+def _write_npy(path: Path, ids_path: Path, blocks: Iterable[EmbeddingBlock], hidden_size: int) -> int:
     user_ids, arrays = [], []
     for block in blocks:
         user_ids += block.user_ids
         arrays.append(block.embeddings.float().numpy())
     embeddings = np.concatenate(arrays) if arrays else np.zeros((0, hidden_size), dtype=np.float32)
 
-    ids_path = ids_path_for(path)
-    with _replace_on_success(path) as temporary, temporary.open("wb") as handle:
+    with path.open("wb") as handle:
         np.save(handle, embeddings)
-    with _replace_on_success(ids_path) as temporary:
-        temporary.write_text("".join(f"{user_id}\n" for user_id in user_ids), encoding="utf-8")
-    logger.info("wrote %d embeddings to %s and their ids to %s", len(user_ids), path, ids_path)
+    ids_path.write_text("".join(f"{user_id}\n" for user_id in user_ids), encoding="utf-8")
     return len(user_ids)
 
 
 def _write_parquet(path: Path, blocks: Iterable[EmbeddingBlock], hidden_size: int) -> int:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise ImportError(f"exporting to {str(path)!r} needs pyarrow (pip install pyarrow); or export to .npy.") from error
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     schema = pa.schema(
         [
@@ -88,7 +131,7 @@ def _write_parquet(path: Path, blocks: Iterable[EmbeddingBlock], hidden_size: in
         ]
     )
     written = 0
-    with _replace_on_success(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
+    with pq.ParquetWriter(path, schema) as writer:
         for block in blocks:
             flat = pa.array(block.embeddings.float().numpy().reshape(-1), type=pa.float32())
             columns = [
@@ -99,5 +142,4 @@ def _write_parquet(path: Path, blocks: Iterable[EmbeddingBlock], hidden_size: in
             ]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
             written += len(block.user_ids)
-    logger.info("wrote %d embeddings to %s", written, path)
     return written

@@ -24,13 +24,14 @@ from ..embedding import EmbeddingState, check_tokenizer_matches, embed_step, loa
 from ..model import UserModel
 from .errors import (
     CorruptStateError,
+    ExportNotMovedError,
     FingerprintMismatchError,
     StateStoreError,
     UnknownUserError,
     UnsupportedModelError,
     list_users,
 )
-from .export import EmbeddingBlock, write_embeddings
+from .export import EmbeddingBlock, StagedExport, stage_embeddings
 from .fingerprint import checkpoint_fingerprint, short_fingerprint
 from .rows import EncodedRow, StateShapes, UserRow, decode_hidden_sum, decode_row, encode_row, rows_to_state
 
@@ -227,13 +228,17 @@ class UserStateStore:
         embeddings = torch.zeros(len(user_ids), self.shapes.hidden_size)
         # Longest first keeps padding low; for text, characters stand in for tokens.
         order = sorted(range(len(user_ids)), key=lambda index: -len(inputs[index]))
+        # Inside a caller's transaction (update_and_export) no batch commits on its own.
+        joined_transaction = self._connection.in_transaction
         committed = 0
         with tqdm(total=len(user_ids), desc="updating users", unit="user", disable=not progress) as bar:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                committed += self._update_batch(
+                written = self._update_batch(
                     batch, user_ids, inputs, reset_mismatched, skip_invalid, report, embeddings, committed
                 )
+                if not joined_transaction:
+                    committed += written
                 bar.update(len(batch))
 
         returned = [index for index, user_id in enumerate(user_ids) if user_id not in report.skipped]
@@ -497,24 +502,78 @@ class UserStateStore:
         `<stem>.ids.txt` next to it. `.parquet` (needs pyarrow) writes columns user_id, num_behaviors,
         updated_at and embedding. Rows of another checkpoint or corrupt rows raise, unless
         `skip_invalid`, which leaves them out and logs their count. The export reads one snapshot of
-        the store, so an update running meanwhile is seen entirely or not at all.
+        the store, so an update running meanwhile is seen entirely or not at all. Files are written
+        under temporary names and renamed at the end, so a failed export leaves no partial file.
         """
-        with self._transaction("DEFERRED") as connection:
-            mismatched = connection.execute(
-                "SELECT user_id, fingerprint FROM users WHERE fingerprint != ? ORDER BY user_id", (self.fingerprint,)
-            ).fetchall()
-            if mismatched and not skip_invalid:
-                raise FingerprintMismatchError(
-                    [user_id for user_id, _ in mismatched], [fingerprint for _, fingerprint in mismatched], self.fingerprint
+        with self._transaction("DEFERRED"):
+            staged = self._stage_export(Path(path), skip_invalid)
+        self._move_export(staged)
+        return staged.written
+
+    def update_and_export(
+        self,
+        user_ids: Sequence[str],
+        new_sequences: Sequence[str | Sequence[int]],
+        path: str | Path,
+        reset_mismatched: bool = False,
+        skip_invalid: bool = False,
+        progress: bool = False,
+    ) -> tuple[UpdateReport, int]:
+        """Update like `update_with_report`, export like `export`, and return the report and the users exported.
+
+        The update and the export run in one transaction, which commits only after the export is
+        written to its temporary files. If the update or the export fails, the store is left as it was,
+        so the same update can be rerun without absorbing any behavior twice. The temporary files are
+        renamed onto `path` after the commit.
+        This holds SQLite's write lock for the whole call, so other writers wait (up to `timeout`).
+        NOTE: a rename can still fail after the commit (staging checks beforehand that no target is a
+        folder). Then the update stays committed without its export, and the error message names `export()` as the fix.
+        """
+        path = Path(path)
+        staged = None
+        try:
+            with self._transaction("IMMEDIATE"):
+                report = self.update_with_report(
+                    user_ids, new_sequences, reset_mismatched=reset_mismatched, skip_invalid=skip_invalid, progress=progress
                 )
-            problems: dict[str, str] = {}
-            blocks = self._iter_embeddings(connection, problems, skip_invalid)
-            written = write_embeddings(Path(path), blocks, self.shapes.hidden_size)
+                staged = self._stage_export(path, skip_invalid)
+        except BaseException:
+            # The commit itself failed after staging, so the temporary files are of a rolled-back update.
+            if staged is not None:
+                staged.discard()
+            raise
+        try:
+            self._move_export(staged)
+        except OSError as error:
+            raise ExportNotMovedError(
+                f"{error}. The store update was committed, so do not rerun the same update (it would absorb the "
+                "behaviors twice); write the export again with UserStateStore.export()."
+            ) from error
+        return report, staged.written
+
+    def _stage_export(self, path: Path, skip_invalid: bool) -> StagedExport:
+        """Write the export to temporary files from the open transaction's snapshot."""
+        connection = self._connection
+        mismatched = connection.execute(
+            "SELECT user_id, fingerprint FROM users WHERE fingerprint != ? ORDER BY user_id", (self.fingerprint,)
+        ).fetchall()
+        if mismatched and not skip_invalid:
+            raise FingerprintMismatchError(
+                [user_id for user_id, _ in mismatched], [fingerprint for _, fingerprint in mismatched], self.fingerprint
+            )
+        problems: dict[str, str] = {}
+        blocks = self._iter_embeddings(connection, problems, skip_invalid)
+        staged = stage_embeddings(path, blocks, self.shapes.hidden_size)
         if mismatched:
             logger.warning("left %d users computed with another checkpoint out of the export.", len(mismatched))
         if problems:
             logger.warning("left %d users with corrupt rows out of the export: %s", len(problems), list_users(list(problems)))
-        return written
+        return staged
+
+    def _move_export(self, staged: StagedExport) -> None:
+        staged.move_into_place()
+        targets = " and ".join(str(target) for _, target in staged.moves)
+        logger.info("wrote %d embeddings to %s", staged.written, targets)
 
     def _iter_embeddings(self, connection, problems: dict[str, str], skip_invalid: bool) -> Iterator[EmbeddingBlock]:
         """Yield blocks of the embeddings of the rows with the store's fingerprint, by user id."""
@@ -544,7 +603,14 @@ class UserStateStore:
 
     @contextmanager
     def _transaction(self, mode: str) -> Iterator[sqlite3.Connection]:
-        """Run the block in one transaction; IMMEDIATE takes the write lock at once, DEFERRED reads one snapshot."""
+        """Run the block in one transaction; IMMEDIATE takes the write lock at once, DEFERRED reads one snapshot.
+
+        If this connection already has a transaction open, the block joins it: the outer block commits
+        or rolls back everything, and `mode` is ignored.
+        """
+        if self._connection.in_transaction:
+            yield self._connection
+            return
         try:
             self._connection.execute(f"BEGIN {mode}")
         except sqlite3.OperationalError as error:
