@@ -2,11 +2,19 @@
 
 import csv
 import logging
+import re
 
 import pytest
 from transformers import AutoTokenizer
 
-from use.evaluation.behaviors import PeriodSchedule, character_splitter, prepare_behaviors, tokenizer_splitter
+from use.evaluation.behaviors import (
+    PeriodSchedule,
+    character_splitter,
+    fitting_window,
+    prepare_behaviors,
+    tokenizer_splitter,
+)
+from use.evaluation.cli import main
 from use.evaluation.io import EvalFileError, read_eval_tsv, require_two_users, resolve_dataset_path
 
 
@@ -188,3 +196,70 @@ def test_tokenizer_splitter_uses_token_ids():
 
     assert split(["HOST: Hi!"]) == [expected]
     assert len(expected) == len("HOST: Hi!")
+
+
+def suggested_flags(log_text: str) -> list[str]:
+    """Return the flags of the "Pass --max_len M --period_len P" suggestion in the log."""
+    match = re.search(r"Pass --max_len (\d+) --period_len (\d+) ", log_text)
+    assert match, log_text
+    return ["--max_len", match.group(1), "--period_len", match.group(2)]
+
+
+def test_short_users_hint_runs(tmp_path, caplog):
+    """The suggested --max_len and --period_len evaluate a TSV whose contexts are all shorter than --max_len."""
+    path = write_tsv(tmp_path / "short.tsv", [("abcdef", "ghijkl"), ("mnopqr", "stuvwx")])
+    arguments = ["--method_type", "tf-idf", "--dataset_dir", str(path)]
+    with caplog.at_level(logging.ERROR):
+        assert main("reid", [*arguments, "--max_len", "250"]) == 1
+
+    assert "0 user(s) have the 250 context behaviors that 1 period(s) of 250 behaviors need" in caplog.text
+    assert "The longest context has 6 behaviors, and the two longest have at least 6" in caplog.text
+    flags = suggested_flags(caplog.text)
+    assert flags == ["--max_len", "6", "--period_len", "6"]
+
+    caplog.clear()
+    assert main("reid", [*arguments, *flags]) == 0, caplog.text
+
+
+def test_short_users_hint_fits_second_longest(tmp_path, caplog):
+    """With one long user, the suggestion fits the second-longest context, so that 2 users remain."""
+    rows = [("ab", "c" * 40), ("de", "f" * 9), ("gh", "i" * 3)]
+    path = write_tsv(tmp_path / "eval.tsv", rows)
+    arguments = ["--method_type", "tf-idf", "--dataset_dir", str(path)]
+    with caplog.at_level(logging.ERROR):
+        assert main("reid", [*arguments, "--max_len", "20", "--period_len", "5"]) == 1
+
+    assert "1 user(s) have the 20 context behaviors that 4 period(s) of 5 behaviors need" in caplog.text
+    flags = suggested_flags(caplog.text)
+    assert flags == ["--max_len", "5", "--period_len", "5"]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main("reid", [*arguments, *flags]) == 0, caplog.text
+    assert "context shorter than 5 behaviors (1 periods x 5) (rows 4)" in caplog.text
+
+
+def test_short_users_hint_needs_two_histories(tmp_path, caplog):
+    rows = [("ab", "cd"), ("\u200b", "ef")]
+    users = read_eval_tsv(write_tsv(tmp_path / "eval.tsv", rows))
+    with caplog.at_level(logging.ERROR):
+        prepare_behaviors(users, lambda texts: [list(text.strip("\u200b")) for text in texts], PeriodSchedule(8, 4))
+    assert "Pass --max_len" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fit", "max_len", "period_len", "expected"),
+    [
+        (6, 250, 250, (6, 6)),
+        (600, 4000, 250, (500, 250)),
+        (100, 4000, 250, (96, 6)),
+        (3, 4000, 250, (3, 1)),
+        (10, 10, 5, (10, 5)),
+        (1, 9, 3, (1, 1)),
+    ],
+)
+def test_fitting_window(fit, max_len, period_len, expected):
+    suggested_max_len, suggested_period_len = fitting_window(fit, PeriodSchedule(max_len, period_len))
+    assert (suggested_max_len, suggested_period_len) == expected
+    assert suggested_max_len <= fit
+    assert suggested_max_len % suggested_period_len == 0

@@ -1,5 +1,6 @@
 """Per-day context periods: the converter's periods file read by the evaluation, end to end."""
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -252,7 +253,80 @@ def test_day_sums_must_equal_context_length(converted):
     message = str(error.value)
     assert message.startswith(f"3 of 3 users in {converted / 'data' / 'eval.tsv'} have a context length")
     assert "row 2 has 16 context behaviors, but its days end at 3 (after 1970-01-04)" in message
+    assert "The periods file may belong to another TSV" in message
     assert "--tokenizer_path" in message
+    assert message.index("may belong to another TSV") < message.index("--tokenizer_path")
+
+
+def write_split_log(path: Path) -> Path:
+    """Write a log of 8 users whose 3 context days have 9 events each, split 4-3-2 or 2-3-4 over the days."""
+    lines = ["user_id,timestamp,event"]
+    for user in range(8):
+        day_sizes = [3, 3, 3, 3] + ([2, 3, 4] if user % 2 else [4, 3, 2])
+        for day, size in enumerate(day_sizes):
+            for k in range(size):
+                event = ["view", "click", "buy"][(user + k) % 3]
+                lines.append(f"u{user},{1700000000 + day * DAY + k * 600 + user},{event}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_splits(tmp_path_factory):
+    """The outputs of the same log converted with --seed 0 and --seed 1."""
+    root = tmp_path_factory.mktemp("splits")
+    log = read_event_log(write_split_log(root / "events.csv"))
+    for seed in (0, 1):
+        settings = ConversionSettings(period="day", context_days=3, eval_size=4, seed=seed)
+        convert_event_log(log, root / f"seed{seed}", settings)
+    return root
+
+
+def test_periods_of_other_split_rejected(two_splits):
+    tsv, other = two_splits / "seed0" / "eval.tsv", two_splits / "seed1" / "eval.periods.json"
+    users = read_eval_tsv(tsv)
+    assert read_eval_tsv(two_splits / "seed1" / "eval.tsv").rows == users.rows
+    with pytest.raises(EvalFileError) as error:
+        read_periods_file(other, users)
+
+    message = str(error.value)
+    assert message.startswith(f"periods file {other} was written for another TSV than {tsv}")
+    assert f"{tsv} has SHA-256 {hashlib.sha256(tsv.read_bytes()).hexdigest()}" in message
+    assert "Pass the periods file written with that TSV" in message
+
+
+def test_periods_of_same_split_accepted(two_splits, caplog):
+    users = read_eval_tsv(two_splits / "seed0" / "eval.tsv")
+    with caplog.at_level(logging.INFO):
+        periods = read_periods_file(two_splits / "seed0" / "eval.periods.json", users)
+    assert periods.num_days == 3
+    assert "could not be checked" not in caplog.text
+
+
+def test_periods_without_hash_accepted_unchecked(two_splits, tmp_path, caplog):
+    """A hand-written file has no hash, so even one of another split is accepted, with one INFO line."""
+    tsv = two_splits / "seed0" / "eval.tsv"
+    content = json.loads((two_splits / "seed1" / "eval.periods.json").read_text(encoding="utf-8"))
+    del content["eval_tsv_sha256"]
+    path = write_periods(tmp_path / "hand.json", content)
+    with caplog.at_level(logging.INFO):
+        periods = read_periods_file(path, read_eval_tsv(tsv))
+
+    assert periods.context_ends[2] == [4, 7, 9]
+    unchecked = [record for record in caplog.records if "could not be checked" in record.getMessage()]
+    assert len(unchecked) == 1
+    assert unchecked[0].levelno == logging.INFO
+    assert f"Periods file {path} has no eval_tsv_sha256, so it could not be checked against {tsv}" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["abc", 7, "A" * 64])
+def test_periods_invalid_hash_rejected(two_splits, tmp_path, value):
+    content = json.loads((two_splits / "seed0" / "eval.periods.json").read_text(encoding="utf-8"))
+    content["eval_tsv_sha256"] = value
+    path = write_periods(tmp_path / "bad_hash.json", content)
+    users = read_eval_tsv(two_splits / "seed0" / "eval.tsv")
+    with pytest.raises(EvalFileError, match=f"has eval_tsv_sha256 {value!r}, expected 64 lowercase hexadecimal"):
+        read_periods_file(path, users)
 
 
 # --- embeddings ------------------------------------------------------------------------------------

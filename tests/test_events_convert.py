@@ -1,6 +1,7 @@
 """Event log converter: reading, sorting, splitting, the written files, and the CLI."""
 
 import csv
+import hashlib
 import json
 import logging
 import subprocess
@@ -323,6 +324,8 @@ def test_day_mode_context_days_and_boundaries(tmp_path):
     assert periods["period"] == "day"
     assert periods["timezone"] == "UTC"
     assert periods["context_days"] == 2
+    tsv_bytes = (tmp_path / "out" / "eval.tsv").read_bytes()
+    assert periods["eval_tsv_sha256"] == hashlib.sha256(tsv_bytes).hexdigest()
     assert periods["users"] == [
         {"row": 2, "user_id": "u1", "days": ["1970-01-03", "1970-01-06"], "context_ends": [2, 3]},
         {"row": 3, "user_id": "u2", "days": ["1970-01-02", "1970-01-04"], "context_ends": [2, 3]},

@@ -143,8 +143,9 @@ def prepare_behaviors(
     """Split the users' texts into behaviors and keep the users long enough for every period.
 
     A user needs at least one history behavior and the context behaviors that their last period
-    reaches. Shorter users are returned as skipped rows and logged. With a DaySchedule, raises
-    EvalFileError when a user's context length differs from the end of their last day.
+    reaches. Shorter users are returned as skipped rows and logged. When fewer than 2 users remain
+    with a PeriodSchedule, an error log line suggests a --max_len and --period_len that fit. With a
+    DaySchedule, raises EvalFileError when a user's context length differs from the end of their last day.
     """
     histories = split(users.histories)
     contexts = split(users.contexts)
@@ -166,15 +167,8 @@ def prepare_behaviors(
         data.contexts.append(list(context[: schedule.context_end(row, schedule.num_periods)]))
 
     log_skipped_rows(skipped, users.path)
-    if skipped and not data.rows and isinstance(schedule, PeriodSchedule):
-        longest = max(len(context) for context in contexts) if contexts else 0
-        logger.error(
-            "No user has %d context behaviors; the longest context has %d. Pass a --max_len (and --period_len) "
-            "that fits the file, for example --max_len %d.",
-            schedule.context_len,
-            longest,
-            max(longest // schedule.period_len * schedule.period_len, schedule.period_len),
-        )
+    if len(data.rows) < 2 and isinstance(schedule, PeriodSchedule):
+        _log_fitting_schedule(histories, contexts, schedule, kept=len(data.rows))
     logger.info(
         "History window: last %d behaviors (%d user(s) truncated to it, %d shorter and used whole); context: %s",
         schedule.max_len,
@@ -199,10 +193,53 @@ def check_day_lengths(users: EvalUsers, contexts: list[list[Behavior]], schedule
     raise EvalFileError(
         f"{len(mismatched)} of {len(users)} users in {users.path} have a context length that differs from "
         f"the days in {schedule.days.path}: row {row} has {length} context behaviors, but its days end at "
-        f"{end} (after {last_day}). The periods file counts events, so behaviors must be events: pass the "
-        "word-level tokenizer of this event log (scripts/build_tokenizer.py) as --tokenizer_path, and the "
-        "periods file written together with this TSV"
+        f"{end} (after {last_day}). The periods file may belong to another TSV (another --seed of "
+        "scripts/convert_event_log.py), so pass the eval.periods.json written together with this TSV. "
+        "Otherwise the behaviors are not events, but the periods file counts events: pass the word-level "
+        "tokenizer of this event log (scripts/build_tokenizer.py) as --tokenizer_path"
     )
+
+
+def _log_fitting_schedule(
+    histories: list[list[Behavior]], contexts: list[list[Behavior]], schedule: PeriodSchedule, kept: int
+) -> None:
+    """Log an error that suggests a --max_len and --period_len with which at least 2 users are long enough.
+
+    Logs nothing when fewer than 2 users have a history, because no window length helps then.
+    """
+    lengths = sorted((len(context) for history, context in zip(histories, contexts) if history), reverse=True)
+    if len(lengths) < 2 or lengths[1] < 1:
+        return
+    # Re-identification and classification need 2 users, so the suggestion fits the second-longest context.
+    fit = lengths[1]
+    max_len, period_len = fitting_window(fit, schedule)
+    logger.error(
+        "%d user(s) have the %d context behaviors that %s need, but re-identification and classification "
+        "need at least 2. "
+        "The longest context has %d behaviors, and the two longest have at least %d. "
+        "Pass --max_len %d --period_len %d (%d period(s)), which fit the file. --max_len also caps the history window.",
+        kept,
+        schedule.context_len,
+        schedule.describe(),
+        lengths[0],
+        fit,
+        max_len,
+        period_len,
+        max_len // period_len,
+    )
+
+
+def fitting_window(fit: int, schedule: PeriodSchedule) -> tuple[int, int]:
+    """Return a (max_len, period_len) whose periods end within ``fit`` context behaviors (``fit`` >= 1).
+
+    Keeps the schedule's period_len when at least one period fits. Otherwise keeps its number of
+    periods, at most ``fit``, and shortens them. max_len is always a multiple of period_len.
+    """
+    if schedule.period_len <= fit:
+        period_len = schedule.period_len
+    else:
+        period_len = fit // min(schedule.num_periods, fit)
+    return fit // period_len * period_len, period_len
 
 
 def _shortness(history: Sequence, context: Sequence, schedule: Schedule) -> str:

@@ -8,8 +8,10 @@ row 2. They differ from line numbers when quoted fields contain newlines, so err
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,7 +229,9 @@ def read_periods_file(path: str | Path, users: EvalUsers) -> DayPeriods:
 
     Entries with a ``row`` key are matched to the TSV row of that number. Entries without one are
     matched by order: entry i describes TSV row i + 2. Raises EvalFileError for a missing or malformed
-    file, users that do not match the TSV rows, or users with different numbers of days.
+    file, an ``eval_tsv_sha256`` that differs from the SHA-256 of the TSV, users that do not match the
+    TSV rows, or users with different numbers of days. A file without ``eval_tsv_sha256`` (written by
+    hand) is accepted unchecked, with an INFO log line.
     """
     path = Path(path)
     if path.is_dir():
@@ -242,6 +246,7 @@ def read_periods_file(path: str | Path, users: EvalUsers) -> DayPeriods:
         raise EvalFileError(f"periods file {path} is not valid JSON ({error}); pass {PERIODS_HINT}") from None
 
     entries = _periods_entries(path, content)
+    _check_tsv_sha256(path, content, users.path)
     by_row = _match_period_rows(path, entries, users)
     num_days = _common_day_count(path, by_row)
     periods = DayPeriods(
@@ -277,6 +282,35 @@ def _periods_entries(path: Path, content) -> list[dict]:
             f"periods file {path}: {keyed} of {len(entries)} users have a 'row' key; give every user a 'row' or none"
         )
     return entries
+
+
+def _check_tsv_sha256(path: Path, content: dict, tsv_path: Path) -> None:
+    """Raise EvalFileError unless the periods file's ``eval_tsv_sha256`` is absent or the SHA-256 of ``tsv_path``.
+
+    The converter stores that hash because a periods file of another split (another --seed) can
+    match the TSV's row count and context lengths by chance, and would then apply other users' days.
+    """
+    expected = content.get("eval_tsv_sha256")
+    if expected is None:
+        logger.info(
+            "Periods file %s has no eval_tsv_sha256, so it could not be checked against %s. "
+            "Its users are matched to the TSV rows by row number or order only",
+            path,
+            tsv_path,
+        )
+        return
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise EvalFileError(
+            f"periods file {path} has eval_tsv_sha256 {expected!r}, expected 64 lowercase hexadecimal digits; "
+            f"pass {PERIODS_HINT}, or delete the key from a hand-written file"
+        )
+    with open(tsv_path, "rb") as handle:
+        actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    if actual != expected:
+        raise EvalFileError(
+            f"periods file {path} was written for another TSV than {tsv_path}: it records SHA-256 {expected}, "
+            f"but {tsv_path} has SHA-256 {actual}. Pass the periods file written with that TSV, {PERIODS_HINT}"
+        )
 
 
 def _check_period_entry(path: Path, index: int, entry) -> None:

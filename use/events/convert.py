@@ -8,6 +8,7 @@ events, and their history is everything before. All other users with enough even
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import random
@@ -209,13 +210,22 @@ def write_eval_tsv(path: Path, users: list[EvalUser]) -> None:
             writer.writerow([" ".join(user.history), " ".join(user.context)])
 
 
-def write_periods_json(path: Path, users: list[EvalUser], settings: ConversionSettings) -> None:
+def write_periods_json(path: Path, users: list[EvalUser], settings: ConversionSettings, eval_tsv: Path) -> None:
     """Write the day boundaries of every evaluation user's context, one user per line.
 
     ``users[i]`` describes TSV row ``i + 2`` (the header is row 1): ``days`` are its context days and
-    ``context_ends[j]`` the number of context events up to the end of ``days[j]``.
+    ``context_ends[j]`` the number of context events up to the end of ``days[j]``. The head stores the
+    SHA-256 of the bytes of ``eval_tsv``, which must already be written, so that the evaluation can
+    reject this file when it is passed with another TSV.
     """
-    head = {"period": "day", "timezone": settings.timezone, "context_days": settings.context_days}
+    with open(eval_tsv, "rb") as handle:
+        tsv_sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    head = {
+        "period": "day",
+        "timezone": settings.timezone,
+        "context_days": settings.context_days,
+        "eval_tsv_sha256": tsv_sha256,
+    }
     entries = [
         json.dumps({"row": row, "user_id": user.user_id, "days": user.days, "context_ends": user.context_ends})
         for row, user in enumerate(users, start=2)
@@ -240,7 +250,7 @@ def convert_event_log(log: EventLog, output_dir: str | Path, settings: Conversio
     eval_user_ids = "".join(f"{user.user_id}\n" for user in split.eval)
     (output_dir / EVAL_USERS_FILE).write_text(eval_user_ids, encoding="utf-8")
     if settings.period == "day":
-        write_periods_json(output_dir / PERIODS_FILE, split.eval, settings)
+        write_periods_json(output_dir / PERIODS_FILE, split.eval, settings, output_dir / EVAL_FILE)
 
     stats = {
         "input": str(log.path),
@@ -260,11 +270,11 @@ def convert_event_log(log: EventLog, output_dir: str | Path, settings: Conversio
     }
     (output_dir / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     logger.info(
-        "Wrote %d training users (%d events) and %d of %d eligible evaluation users to %s",
+        "Wrote to %s: training users: %d (%d events); evaluation users: %d of %d eligible",
+        output_dir,
         stats["train"]["users"],
         stats["train"]["events"],
         stats["eval"]["users"],
         split.eligible,
-        output_dir,
     )
     return stats
