@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         required=True,
         help=".txt file (one user per line), .csv file (columns sequence,user_id, where the rows of one user_id "
-        "are joined in file order into one sequence) or a folder of them (read in sorted path order)",
+        "are joined in file order into one sequence; a row with an empty user_id is its own user, with a warning) "
+        "or a folder of them (read in sorted path order)",
     )
     data.add_argument("--tokenizer-path", required=True, help="tokenizer folder, e.g. ./tokenizer/dna")
     data.add_argument("--cache-dir", help="folder for the tokenized users, reused while inputs and settings match")
@@ -137,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     optimisation.add_argument("--weight-decay", type=float, help="AdamW weight decay")
     optimisation.add_argument("--eval-steps", type=int, help="optimizer steps between evaluations")
     optimisation.add_argument("--save-steps", type=int, help="optimizer steps between checkpoints")
+    optimisation.add_argument(
+        "--save-total-limit",
+        type=int,
+        help="keep at most this many checkpoint folders, deleting the oldest; unset keeps every checkpoint",
+    )
     optimisation.add_argument("--logging-steps", type=int, help="optimizer steps between train log entries")
 
     parser.set_defaults(**defaults)

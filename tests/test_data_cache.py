@@ -201,3 +201,21 @@ def test_joined_users_stay_on_one_side_of_split(tmp_path, dna_tokenizer):
     assert len(prepared.test) == 3  # ceil(0.2 * 12)
     lengths = {int(row["row_id"]): int(row["length"]) for row in [*prepared.train, *prepared.test]}
     assert lengths == {user: len(lines[user]) + len(lines[user + 12]) for user in range(12)}
+
+
+def test_missing_user_id_warns_from_cache(tmp_path, dna_tokenizer, caplog):
+    data = tmp_path / "users.csv"
+    data.write_text("sequence,user_id\nAAAC,u1\nCCCG,\nGGGT,u1\nTTTA,\n")
+    settings = dataclasses.replace(BASE, objective="CLM", test_size=0)
+    expected = (
+        f"{data}: 2 rows have an empty or missing user_id (first at lines 3, 5), so each is trained as its own "
+        "user; fill in their user_id to join them with that user's other rows"
+    )
+    for from_cache in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="use"):
+            prepared = prepare(data, dna_tokenizer, DNA_TOKENIZER, tmp_path / "cache", settings)
+        assert prepared.from_cache == from_cache
+        assert prepared.meta["users"] == 3
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert warnings == [expected]

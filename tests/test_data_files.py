@@ -52,6 +52,31 @@ def test_csv_without_user_id_numbers_rows(tmp_path):
     assert users.user_ids == ["plain.csv:row3", "plain.csv:row4"]
 
 
+def test_csv_rows_without_user_id_are_counted(tmp_path):
+    path = tmp_path / "partial.csv"
+    # Line 3 has an empty user_id, line 5 lacks the field, and the row on lines 6-7 has an empty one.
+    path.write_text('sequence,user_id\nab,u1\ncd,\nef,u1\ngh\n"i\nj",\n')
+    users = read_user_sequences(path)
+    assert users.sequences == ["ab", "cd", "ef", "gh", "i\nj"]
+    assert users.user_ids == ["u1", "partial.csv:row3", "u1", "partial.csv:row5", "partial.csv:row7"]
+    assert users.file_stats[0].without_user_id == 3
+    assert users.file_stats[0].without_user_id_lines == [3, 5, 7]
+
+
+def test_csv_lists_first_rows_without_user_id(tmp_path):
+    path = tmp_path / "anonymous.csv"
+    path.write_text("sequence,user_id\n" + "ab,\n" * 8)
+    stats = read_user_sequences(path).file_stats[0]
+    assert stats.without_user_id == 8
+    assert stats.without_user_id_lines == [2, 3, 4, 5, 6]
+
+
+def test_csv_without_user_id_column_is_not_counted(tmp_path):
+    path = tmp_path / "plain.csv"
+    path.write_text("sequence\nab\ncd\n")
+    assert read_user_sequences(path).file_stats[0].without_user_id == 0
+
+
 def test_csv_skips_undecodable_and_empty_rows(tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_bytes(b'sequence,user_id\nabc,u1\n"",u2\n"d\xffe",u3\nfgh,u4\n')

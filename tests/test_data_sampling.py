@@ -169,20 +169,36 @@ def test_sup_pairs_are_adjacent_rows(tokenizer):
     assert all(12 <= length <= 22 for length in first_lengths.tolist())
 
 
-def test_training_draws_change_evaluation_draws_repeat(tokenizer):
+def test_training_draws_change_with_epoch(tokenizer):
     config = model_config(tokenizer, objective="CLM")
     random_settings = settings(fep_window=0, random_start=True)
     features = [{"input_ids": encode(tokenizer, "ACGTTGCA" * 20), "row_id": index} for index in range(4)]
 
     train_collator = SegmentCollator(config, random_settings, seed=0)
-    first, second = train_collator(features), train_collator(features)
-    assert not torch.equal(first["input_ids"], second["input_ids"])
+    first = train_collator(features)
+    # Each user's draw depends only on (seed, epoch, row_id), not on earlier calls or on the rest of the batch.
+    assert torch.equal(train_collator(features)["input_ids"], first["input_ids"])
+    alone = train_collator(features[2:3])
+    assert torch.equal(alone["input_ids"][0], first["input_ids"][2])
+    assert len({tuple(row.tolist()) for row in first["input_ids"]}) > 1
 
+    train_collator.set_epoch(1)
+    assert not torch.equal(train_collator(features)["input_ids"], first["input_ids"])
+    train_collator.set_epoch(0)
+    assert torch.equal(train_collator(features)["input_ids"], first["input_ids"])
+
+    other_seed = SegmentCollator(config, random_settings, seed=1)
+    assert not torch.equal(other_seed(features)["input_ids"], first["input_ids"])
+
+
+def test_evaluation_draws_repeat(tokenizer):
+    config = model_config(tokenizer, objective="CLM")
+    random_settings = settings(fep_window=0, random_start=True)
+    features = [{"input_ids": encode(tokenizer, "ACGTTGCA" * 20), "row_id": index} for index in range(4)]
     eval_collator = SegmentCollator(config, random_settings, seed=0, deterministic=True)
-    assert torch.equal(eval_collator(features)["input_ids"], eval_collator(features)["input_ids"])
-
-    reseeded = SegmentCollator(config, random_settings, seed=0)
-    assert torch.equal(reseeded(features)["input_ids"], first["input_ids"])
+    first = eval_collator(features)
+    eval_collator.set_epoch(3)
+    assert torch.equal(eval_collator(features)["input_ids"], first["input_ids"])
 
 
 def test_collator_rejects_settings_of_another_objective(tokenizer):

@@ -80,15 +80,16 @@ def _last_step(output_dir: Path) -> int:
 @pytest.mark.parametrize("backbone", ["retnet", "gpt2"])
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_objective_trains_and_loss_decreases(tmp_path, objective, backbone):
-    # Five users: four train users fill every batch, so every step trains on the same users.
-    lines = (FIXTURES / "dna_users.txt").read_text().splitlines()[:5]
+    # Six users: four train users fill every batch, so every step trains on the same users, and two
+    # test users give the SUP eval loss a negative.
+    lines = (FIXTURES / "dna_users.txt").read_text().splitlines()[:6]
     data = write_users(tmp_path / "users.txt", lines)
     options = tiny_options(
         tmp_path,
         data_dir=str(data),
         model=backbone,
         training_objective=objective,
-        test_size=1,
+        test_size=2,
         max_steps=25,
         eval_steps=25,
         learning_rate=1e-2,
@@ -213,6 +214,109 @@ def test_rerun_resumes_from_last_checkpoint(tmp_path):
     uninterrupted = train(tiny_options(tmp_path / "straight", training_objective="CLM", save_steps=2, eval_steps=100))
     for name, tensor in uninterrupted.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], tensor, msg=name)
+
+
+def final_weights_after_interrupt(tmp_path: Path, **overrides) -> tuple[dict, dict]:
+    """Train once straight through and once interrupted at step 9 and resumed; return both state dicts."""
+    options = tiny_options(tmp_path / "resumed", **overrides)
+    with pytest.raises(Interrupted):
+        train(options, callbacks=[InterruptAt(9)])
+    resumed = train(options)
+    assert resumed.resumed_from_step == 8
+    uninterrupted = train(tiny_options(tmp_path / "straight", **overrides))
+    return resumed.model.state_dict(), uninterrupted.model.state_dict()
+
+
+@pytest.mark.parametrize("objective", ["FEP_SUP", "CLM"])
+def test_resumed_random_segments_match_uninterrupted(tmp_path, objective):
+    # 24 users, 4 per step: 6 steps per epoch, so the resume at step 8 is inside the second epoch.
+    # SUP draws the first segment's length, and random starts draw every segment's start.
+    overrides = dict(
+        training_objective=objective,
+        get_random_segment=True,
+        test_size=0,
+        max_steps=10,
+        save_steps=4,
+        dropout=0.1,
+    )
+    resumed, uninterrupted = final_weights_after_interrupt(tmp_path, **overrides)
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_save_total_limit_keeps_newest(tmp_path):
+    options = tiny_options(
+        tmp_path, training_objective="CLM", test_size=0, max_steps=8, save_steps=2, save_total_limit=2
+    )
+    train(options)
+    output = Path(options.model_output_path)
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
+
+
+def test_save_total_limit_below_one_fails(tmp_path):
+    with pytest.raises(OptionsError, match=re.escape("--save-total-limit=0 must be at least 1")):
+        validate_options(tiny_options(tmp_path, save_total_limit=0))
+
+
+def test_max_steps_below_checkpoint_fails(tmp_path):
+    options = tiny_options(tmp_path, training_objective="CLM", test_size=0, max_steps=4, save_steps=2)
+    with pytest.raises(Interrupted):
+        train(options, callbacks=[InterruptAt(3)])
+    output = Path(options.model_output_path)
+    before = sorted(str(path.relative_to(output)) for path in output.rglob("*"))
+
+    with pytest.raises(OptionsError) as raised:
+        train(dataclasses.replace(options, max_steps=1))
+    message = str(raised.value)
+    assert message.startswith(f"--max-steps=1 is below step 2 of the checkpoint {str(output / 'checkpoint-2')!r}")
+    assert message.endswith("--max-steps of at least 2 to continue, or another --model-output-path to train a new model.")
+    assert sorted(str(path.relative_to(output)) for path in output.rglob("*")) == before
+
+
+def test_resume_warns_about_changed_optimisation(tmp_path, caplog):
+    options = tiny_options(tmp_path, training_objective="CLM", test_size=0, max_steps=2, save_steps=2)
+    train(options)
+    changed = dataclasses.replace(options, learning_rate=1e-2, weight_decay=0.5, warmup_ratio=0.25, max_steps=4)
+    with caplog.at_level(logging.WARNING, logger="use"):
+        train(changed)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    checkpoint = Path(options.model_output_path) / "checkpoint-2"
+    assert warnings == [
+        f"resuming from {checkpoint} with optimisation flags that differ from the run that wrote it: "
+        "--learning-rate is 0.003 there but 0.01 now, so the checkpoint's 0.003 is used, because the optimizer "
+        "state is restored; "
+        "--weight-decay is 0.01 there but 0.5 now, so the checkpoint's 0.01 is used, because the optimizer state "
+        "is restored; "
+        "--warmup-ratio is 0.0 there but 0.25 now, so 0.25 reshapes the learning-rate schedule from step 2 on, "
+        "around the checkpoint's peak learning rate 0.003; "
+        "--max-steps is 2 there but 4 now, so 4 reshapes the learning-rate schedule from step 2 on, around the "
+        "checkpoint's peak learning rate 0.003. "
+        "To train with the new values from step 0, pass another --model-output-path."
+    ]
+
+
+def test_resume_with_same_optimisation_does_not_warn(tmp_path, caplog):
+    options = tiny_options(tmp_path, training_objective="CLM", test_size=0, max_steps=4, save_steps=2)
+    with pytest.raises(Interrupted):
+        train(options, callbacks=[InterruptAt(3)])
+    with caplog.at_level(logging.WARNING, logger="use"):
+        resumed = train(options)
+    assert resumed.resumed_from_step == 2
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+def test_sup_with_one_test_user_fails(tmp_path):
+    with pytest.raises(OptionsError, match=re.escape("--test-size=1 holds out one user, so the SUP eval loss")):
+        validate_options(tiny_options(tmp_path, training_objective="FEP_SUP", test_size=1))
+    # ceil(0.04 * 24 users) = 1 test user.
+    options = tiny_options(tmp_path, training_objective="SUP", test_size=0.04)
+    with pytest.raises(DataError) as raised:
+        train(options)
+    assert str(raised.value) == (
+        "--test-size=0.04 leaves 1 usable test user, but the SUP eval loss needs at least 2 so that each user has a "
+        "negative; raise --test-size (e.g. to 2 users) or set it to 0 to skip evaluation."
+    )
+    assert not Path(options.model_output_path).exists()
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path):

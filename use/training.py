@@ -34,7 +34,7 @@ from .training_options import (
     log_adjustments,
     validate_options,
 )
-from .training_resume import check_saved_settings
+from .training_resume import check_resume_step, check_saved_settings, log_changed_optimisation
 from .training_trainer import LOSS_PARTS, UserModelTrainer
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,10 @@ def train_once(options: TrainingOptions, callbacks: list[TrainerCallback] | None
     tokenizer, first_behavior_id = load_training_tokenizer(options.tokenizer_path)
     model_config = build_model_config(options, tokenizer, first_behavior_id)
     output_dir = Path(options.model_output_path)
-    check_saved_settings(find_resume_checkpoint(output_dir) or output_dir, model_config, options)
+    saved_checkpoint = find_resume_checkpoint(output_dir)
+    check_saved_settings(saved_checkpoint or output_dir, model_config, options)
+    if saved_checkpoint:
+        check_resume_step(saved_checkpoint, _checkpoint_step(saved_checkpoint), options)
     created = not output_dir.exists()
     args = build_training_arguments(options, output_dir, use_eval=options.test_size > 0)
     _configure_process_logging(args)
@@ -100,6 +103,7 @@ def train_once(options: TrainingOptions, callbacks: list[TrainerCallback] | None
         main_process_first=lambda: args.main_process_first(desc="preparing the training data"),
     )
     _check_enough_sup_users(options, len(data.train), args.world_size)
+    _check_enough_sup_test_users(options, data)
 
     try:
         set_seed(options.seed)
@@ -109,6 +113,8 @@ def train_once(options: TrainingOptions, callbacks: list[TrainerCallback] | None
         resumed_from_step = _checkpoint_step(checkpoint) if checkpoint else 0
         if checkpoint:
             logger.info("resuming from %s (step %d)", checkpoint, resumed_from_step)
+            if args.should_log:
+                log_changed_optimisation(checkpoint, resumed_from_step, options)
         else:
             logger.info("no checkpoint in %s; training from step 0", output_dir)
         return _run_trainer(trainer, checkpoint, resumed_from_step, data, output_dir)
@@ -126,6 +132,16 @@ def _check_enough_sup_users(options: TrainingOptions, train_users: int, processe
             f"{train_users} training users fill no SUP batch of {options.per_device_batch_size} users on each of "
             f"{processes} processes; lower {flag('per_device_batch_size')} to at most {train_users // processes} "
             "or add users."
+        )
+
+
+def _check_enough_sup_test_users(options: TrainingOptions, data: PreparedData) -> None:
+    # InfoNCE over a single user has no negative, so its eval loss is always 0.
+    if "SUP" in options.objective_parts and data.test is not None and len(data.test) < 2:
+        raise DataError(
+            f"{flag('test_size')}={options.test_size} leaves {len(data.test)} usable test user, but the SUP eval loss "
+            f"needs at least 2 so that each user has a negative; raise {flag('test_size')} (e.g. to 2 users) or set it "
+            "to 0 to skip evaluation."
         )
 
 
@@ -251,6 +267,7 @@ def build_training_arguments(options: TrainingOptions, output_dir: Path, use_eva
         eval_steps=options.eval_steps,
         save_strategy="steps",
         save_steps=options.save_steps,
+        save_total_limit=options.save_total_limit,
         logging_strategy="steps",
         logging_steps=options.logging_steps,
         report_to=options.report_to,
@@ -278,7 +295,7 @@ def _has_accelerator() -> bool:
 
 def _build_trainer(options, args, model, tokenizer, data: PreparedData, settings: DataSettings, callbacks):
     segments = settings.segment_settings(random_start=options.get_random_segment)
-    train_collator = SegmentCollator(model.config, segments, options.seed, process_index=args.process_index)
+    train_collator = SegmentCollator(model.config, segments, options.seed)
     eval_collator = SegmentCollator(model.config, segments, options.seed, deterministic=True)
     return UserModelTrainer(
         model=model,
@@ -288,8 +305,19 @@ def _build_trainer(options, args, model, tokenizer, data: PreparedData, settings
         data_collator=train_collator,
         eval_data_collator=eval_collator,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), SegmentEpochCallback(train_collator)],
     )
+
+
+class SegmentEpochCallback(TrainerCallback):
+    """Pass the Trainer's epoch to the training collator, which seeds each user's segments with it."""
+
+    def __init__(self, collator: SegmentCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # `state.epoch` is the epoch index plus the finished fraction of it, also in a resumed checkpoint.
+        self.collator.set_epoch(math.floor(state.epoch))
 
 
 def _run_trainer(trainer: UserModelTrainer, checkpoint, resumed_from_step: int, data, output_dir: Path):

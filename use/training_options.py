@@ -73,6 +73,7 @@ class TrainingOptions:
 
     eval_steps: int = 500
     save_steps: int = 500
+    save_total_limit: int | None = None
     logging_steps: int = 50
     report_to: str = "none"
 
@@ -302,6 +303,11 @@ def _check_optimisation(options: TrainingOptions) -> list[str]:
         problems.append(f"{flag('weight_decay')}={options.weight_decay} must be 0 or more.")
     if options.seed < 0:
         problems.append(f"{flag('seed')}={options.seed} must be 0 or more.")
+    if options.save_total_limit is not None and options.save_total_limit < 1:
+        problems.append(
+            f"{flag('save_total_limit')}={options.save_total_limit} must be at least 1; leave it unset to keep "
+            "every checkpoint."
+        )
     if options.max_steps == 0 or options.max_steps < -1:
         problems.append(f"{flag('max_steps')}={options.max_steps} must be -1 (use the epochs) or at least 1.")
     if options.max_steps == -1 and options.num_train_epochs <= 0:
@@ -310,6 +316,11 @@ def _check_optimisation(options: TrainingOptions) -> list[str]:
         problems.append(
             f"{flag('n_iter')}={options.n_iter} compares draws by eval loss, which needs test users; "
             f"set {flag('test_size')} above 0."
+        )
+    if "SUP" in _parts(options) and options.test_size == 1:
+        problems.append(
+            f"{flag('test_size')}=1 holds out one user, so the SUP eval loss has no negative user and is always 0; "
+            f"set {flag('test_size')} to at least 2 users, or to 0 to skip evaluation."
         )
     return problems
 

@@ -12,17 +12,17 @@ from .sampling import SegmentSettings, sample_segments
 
 
 class SegmentCollator:
-    """Turn dataset rows (one user each) into a model batch, drawing new segments on every call.
+    """Turn dataset rows (one user each) into a model batch, drawing new segments every epoch.
 
     Each row needs `input_ids` (the user's behavior ids, no special tokens) and `row_id`. With SUP the
     two segments of user i are rows 2i and 2i+1, so a batch of n users has 2n rows and any split of
     the batch by users keeps pairs together.
 
-    In training mode segments come from one generator seeded with `(seed, process_index)`, so each
-    epoch and each process gets different segments. NOTE: a resumed run starts this generator afresh,
-    so its segments differ from those an uninterrupted run would have drawn. With `deterministic=True` (evaluation) the
-    generator is seeded from `seed` and the batch's row ids, so every evaluation of the same batch
-    gets the same segments.
+    In training mode each user's segments come from a generator seeded with `(seed, epoch, row_id)`,
+    so every epoch draws new segments, and a run resumed from a checkpoint draws the same segments
+    as an uninterrupted run. The Trainer sets the epoch through `set_epoch` (see
+    `training.SegmentEpochCallback`). With `deterministic=True` (evaluation) the generator is seeded
+    from `seed` and the batch's row ids, so every evaluation of the same batch gets the same segments.
 
     Returns `input_ids` and `attention_mask` `(rows, seq)` and, with FEP, `fep_targets`
     `(rows, seq, num_behaviors)` bool and `fep_mask` `(rows, seq)` bool.
@@ -33,7 +33,6 @@ class SegmentCollator:
         config: UserModelConfig,
         settings: SegmentSettings,
         seed: int,
-        process_index: int = 0,
         deterministic: bool = False,
     ):
         parts = objective_parts(config.objective)
@@ -53,14 +52,22 @@ class SegmentCollator:
         self.seed = seed
         self.deterministic = deterministic
         self.use_fep = "FEP" in parts
-        self._rng = np.random.default_rng([seed, process_index])
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the training epoch that, with the seed and row id, seeds each user's segment draw."""
+        self.epoch = epoch
 
     def __call__(self, features: Sequence[dict]) -> dict[str, Tensor]:
-        rng = self._batch_rng(features)
+        batch_rng = self._batch_rng(features) if self.deterministic else None
         config = self.config
         inputs, streams = [], []
         for feature in features:
             behaviors = np.asarray(feature["input_ids"], dtype=np.int64)
+            # The sampler yields each user once per epoch (DDP repeats a few users to give every process
+            # the same count), so a generator per user and epoch needs no state from earlier batches.
+            user_seed = [self.seed, self.epoch, int(feature["row_id"])]
+            rng = batch_rng if batch_rng is not None else np.random.default_rng(user_seed)
             for segment in sample_segments(len(behaviors), self.settings, rng):
                 end = segment.start + segment.length
                 inputs.append(_wrap(behaviors[segment.start : end], config.cls_token_id, config.sep_token_id))
@@ -76,8 +83,6 @@ class SegmentCollator:
         return batch
 
     def _batch_rng(self, features: Sequence[dict]) -> np.random.Generator:
-        if not self.deterministic:
-            return self._rng
         row_ids = [int(feature["row_id"]) for feature in features]
         return np.random.default_rng([self.seed, *row_ids])
 

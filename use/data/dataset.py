@@ -310,6 +310,15 @@ def _log_meta(meta: dict) -> None:
                 stats["empty"],
                 stats["non_decodable"],
             )
+        # Caches written before this count existed lack the key.
+        if stats.get("without_user_id"):
+            logger.warning(
+                "%s: %d rows have an empty or missing user_id (first at lines %s), so each is trained as its own user; fill in "
+                "their user_id to join them with that user's other rows",
+                stats["path"],
+                stats["without_user_id"],
+                ", ".join(str(line) for line in stats["without_user_id_lines"]),
+            )
     if meta["merged_rows"]:
         logger.info(
             "joined the %d rows of the %d users that have more than one row (same user_id) in file order, so %d "

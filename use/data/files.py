@@ -4,7 +4,8 @@
 - `.csv`: a header with a `sequence` column and optionally a `user_id` column, quoted the way
   Python's `csv` module quotes (dialog sequences contain newlines, so fields may span lines). Rows
   that share a `user_id` are read as separate sequences here, and `prepare_user_datasets` joins their
-  behaviors in file order into one user.
+  behaviors in file order into one user. A row with an empty or missing `user_id` in a file that has
+  the column is its own user, and such rows are counted in `FileStats`.
 
 Files are read as UTF-8, and a leading UTF-8 byte-order mark is dropped. Empty sequences and lines or
 rows that are not valid UTF-8 are skipped and counted, and a file without a single usable sequence is
@@ -24,6 +25,8 @@ DATA_SUFFIXES = (".txt", ".csv")
 SEQUENCE_COLUMN = "sequence"
 USER_ID_COLUMN = "user_id"
 _HASH_BLOCK_BYTES = 1 << 20
+# Line numbers of rows without a user_id kept per file for the warning.
+LISTED_ROWS_WITHOUT_USER_ID = 5
 
 
 class DataError(ValueError):
@@ -32,12 +35,18 @@ class DataError(ValueError):
 
 @dataclass
 class FileStats:
-    """Counts of what reading one file kept and skipped."""
+    """Counts of what reading one file kept and skipped.
+
+    `without_user_id` counts kept CSV rows whose `user_id` is empty or missing although the header has
+    the column. `without_user_id_lines` lists the first of them by the file line on which each row ends.
+    """
 
     path: str
     sequences: int = 0
     empty: int = 0
     non_decodable: int = 0
+    without_user_id: int = 0
+    without_user_id_lines: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -153,7 +162,11 @@ def _read_csv(path: Path, name: str, result: UserSequences) -> FileStats:
                 stats.empty += 1
                 continue
             result.sequences.append(sequence)
-            # Without a user_id column every row is its own user, named by its row number.
+            # A row without a user_id is its own user, named by the line on which it ends.
+            if has_user_id and not user_id:
+                stats.without_user_id += 1
+                if len(stats.without_user_id_lines) < LISTED_ROWS_WITHOUT_USER_ID:
+                    stats.without_user_id_lines.append(reader.line_num)
             result.user_ids.append(user_id if user_id else f"{name}:row{reader.line_num}")
             stats.sequences += 1
     return stats
