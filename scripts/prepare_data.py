@@ -243,16 +243,16 @@ def write_split(split: DatasetSplit, output_dir: Path, options: SplitOptions, da
         split.counts["truncated_by_max_train_len"],
     )
     logger.info(
-        "%s: wrote %d training users (%d behaviors) and %d evaluation users (of %d with >= %d behaviors; "
-        "%d behaviors past 2 * max_len discarded) to %s",
+        "%s: wrote to %s: training users: %d (%d behaviors); evaluation users: %d of %d with >= %d behaviors "
+        "(%d behaviors past 2 * max_len discarded)",
         dataset,
+        output_dir,
         split.counts["train_users"],
         train_behaviors,
         split.counts["eval_users"],
         split.counts["eval_candidates"],
         2 * options.max_len,
         split.counts["eval_behaviors_discarded"],
-        output_dir,
     )
     return stats
 

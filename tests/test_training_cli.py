@@ -18,7 +18,8 @@ from use.training_options import TrainingOptions
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "train"
 DNA_TOKENIZER = REPO / "tokenizer" / "dna"
-# Seconds to wait for the first checkpoint of the subprocess, which imports torch and transformers first.
+# Seconds to wait for the first checkpoint of the subprocess (which imports torch and transformers first),
+# and then for it to exit after the interrupt, on a loaded machine.
 CHECKPOINT_TIMEOUT = 120
 
 
@@ -86,7 +87,7 @@ def test_ctrl_c_names_last_checkpoint(tmp_path):
                 pytest.fail(f"training exited with {process.returncode} before the interrupt:\n{log_file.read_text()}")
             assert find_resume_checkpoint(output) is not None, f"no checkpoint within {CHECKPOINT_TIMEOUT} s"
             process.send_signal(signal.SIGINT)
-            process.wait(timeout=60)
+            process.wait(timeout=CHECKPOINT_TIMEOUT)
         finally:
             if process.poll() is None:
                 process.kill()

@@ -136,12 +136,13 @@ def _check_enough_sup_users(options: TrainingOptions, train_users: int, processe
 
 
 def _check_enough_sup_test_users(options: TrainingOptions, data: PreparedData) -> None:
-    # InfoNCE over a single user has no negative, so its eval loss is always 0.
+    # InfoNCE over a single user has no negative, so its eval loss is always 0. A warning rather than an
+    # error, because a small fraction such as the research code's --test-size 0.01 leaves one user on small files.
     if "SUP" in options.objective_parts and data.test is not None and len(data.test) < 2:
-        raise DataError(
-            f"{flag('test_size')}={options.test_size} leaves {len(data.test)} usable test user, but the SUP eval loss "
-            f"needs at least 2 so that each user has a negative; raise {flag('test_size')} (e.g. to 2 users) or set it "
-            "to 0 to skip evaluation."
+        logger.warning(
+            "%s=%s leaves %d usable test user, so the SUP eval loss has no negative and is always 0; raise %s "
+            "(e.g. to 2 users) for a meaningful eval loss, or set it to 0 to skip evaluation.",
+            flag("test_size"), options.test_size, len(data.test), flag("test_size"),
         )
 
 
