@@ -76,8 +76,15 @@ def test_ctrl_c_names_last_checkpoint(tmp_path):
     # A file instead of a pipe, so that the progress bars cannot fill a pipe buffer and block training.
     log_file = tmp_path / "stderr.log"
     with log_file.open("w") as log:
+        # A shell starts background jobs with SIGINT ignored, and Python installs no KeyboardInterrupt
+        # handler when it starts with SIGINT ignored, so restore the default for the child.
         process = subprocess.Popen(
-            command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            command,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + CHECKPOINT_TIMEOUT
