@@ -269,7 +269,7 @@ def test_max_steps_below_checkpoint_fails(tmp_path):
         train(dataclasses.replace(options, max_steps=1))
     message = str(raised.value)
     assert message.startswith(f"--max-steps=1 is below step 2 of the checkpoint {str(output / 'checkpoint-2')!r}")
-    assert message.endswith("--max-steps of at least 2 to continue, or another --model-output-path to train a new model.")
+    assert message.endswith("--max-steps above 2 to train further, or another --model-output-path to train a new model.")
     assert sorted(str(path.relative_to(output)) for path in output.rglob("*")) == before
 
 
@@ -567,3 +567,16 @@ def test_search_rerun_with_another_size_fails(tmp_path):
     train(options)
     with pytest.raises(OptionsError, match=re.escape("hidden_size (--hidden-size) is 32 there but 16 now")):
         train(dataclasses.replace(options, hidden_size=16))
+
+
+def test_finished_rerun_keeps_summary(tmp_path):
+    options = tiny_options(tmp_path, training_objective="CLM", test_size=0, save_steps=3)
+    train(options)
+    summary = Path(options.model_output_path) / SUMMARY_FILE
+    first = summary.read_text()
+
+    rerun = train(options)
+
+    assert rerun.steps_this_run == 0
+    assert summary.read_text() == first
+    assert json.loads(first)["train_tokens"] > 0

@@ -345,7 +345,13 @@ def _run_trainer(trainer: UserModelTrainer, checkpoint, resumed_from_step: int, 
         tokens_per_second=tokens / train_seconds if train_seconds > 0 else 0.0,
         model=trainer.accelerator.unwrap_model(trainer.model),
     )
-    if trainer.args.should_save:
+    summary_path = result.output_dir / SUMMARY_FILE
+    if result.steps_this_run == 0 and summary_path.exists():
+        # A rerun of a finished training trains nothing, so its summary would replace the real one with zeros.
+        logger.info(
+            "no step was trained in this run, so %s keeps the summary of the run that trained the model", summary_path
+        )
+    elif trainer.args.should_save:
         _write_summary(result, trainer, tokens)
     trainer.accelerator.wait_for_everyone()
     logger.info(_summary_line(result, trainer))

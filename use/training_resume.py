@@ -88,7 +88,7 @@ def check_resume_step(checkpoint: Path, checkpoint_step: int, options: TrainingO
         raise OptionsError(
             f"{flag('max_steps')}={options.max_steps} is below step {checkpoint_step} of the checkpoint "
             f"{str(checkpoint)!r} in {flag('model_output_path')}, so there is nothing left to train; pass "
-            f"{flag('max_steps')} of at least {checkpoint_step} to continue, or another {flag('model_output_path')} "
+            f"{flag('max_steps')} above {checkpoint_step} to train further, or another {flag('model_output_path')} "
             "to train a new model."
         )
 
@@ -99,6 +99,10 @@ def log_changed_optimisation(checkpoint: Path, checkpoint_step: int, options: Tr
     On resume the Trainer restores the optimizer state, which contains the peak learning rate and the
     weight decay, but it builds the learning-rate schedule from the current warmup and step count.
     A checkpoint without `training_args.bin` is not compared.
+
+    NOTE: `training_args.bin` records the flags of the run that wrote the checkpoint, not the rate its
+    restored optimizer used. After a resume whose changed rate was ignored, the warning names that
+    ignored rate as the checkpoint's.
     """
     arguments_file = checkpoint / TRAINING_ARGS_NAME
     if not arguments_file.is_file():
