@@ -28,6 +28,7 @@ CHANGEABLE = {
     "batch_users": int,
     "max_steps": int,
     "learning_rate": float,
+    "dropout": float,
     "fep_window_size": int,
     "gap": int,
     "max_input": int,

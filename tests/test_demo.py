@@ -95,9 +95,9 @@ def load_training_effect():
 def test_training_effect_setting_parsing():
     parse = load_training_effect().parse_setting
     assert parse("demo:") == ("demo", {})
-    assert parse("w20:fep_window_size=20,batch_users=32,learning_rate=2e-3,objective=SUP") == (
+    assert parse("w20:fep_window_size=20,batch_users=32,learning_rate=2e-3,dropout=0.1,objective=SUP") == (
         "w20",
-        {"fep_window_size": 20, "batch_users": 32, "learning_rate": 2e-3, "objective": "SUP"},
+        {"fep_window_size": 20, "batch_users": 32, "learning_rate": 2e-3, "dropout": 0.1, "objective": "SUP"},
     )
 
 
