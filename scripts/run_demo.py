@@ -268,20 +268,21 @@ def record_wall_time(out_dir: Path, seconds: float) -> list[float]:
     return times
 
 
-def write_summary(dataset: str, out_dir: Path, names: list[str], times: list[float]) -> Path:
+def write_summary(dataset: str, out_dir: Path, names: list[str], times: list[float], command: str) -> Path:
     settings = DATASETS[dataset]
     model = {**MODEL, **settings["model"]}
     periods = settings["max_len"] // settings["period_len"]
     lines = [
         f"# USE demo on {dataset}",
         "",
-        f"Command: `make demo DATA={dataset}`. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"Command: `{command}`. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}. "
         f"Date: {date.today().isoformat()}. Wall time: {sum(times) / 60:.1f} minutes over {len(times)} "
         f"invocation(s), the last one {times[-1] / 60:.1f} minutes (a rerun skips finished steps).",
         "",
-        f"Models: hidden {model['hidden_size']}, {model['num_hidden_layers']} layers, {model['num_heads']} heads, "
-        f"{model['max_steps']} steps of {model['batch_users']} users, segments of up to {model['max_input'] - 2} behaviors. "
+        f"Models: hidden {model['hidden_size']}, {model['num_hidden_layers']} layer(s), {model['num_heads']} heads, "
+        f"{model['max_steps']} steps of {model['batch_users']} users at learning rate {model['learning_rate']:g}, "
+        f"dropout {model['dropout']:g}, segments of up to {model['max_input'] - 2} behaviors. "
         f"Evaluation: history of {settings['max_len']} behaviors, {periods} periods of {settings['period_len']} new behaviors.",
         "",
         "MRR and top-1 are re-identification at the last period; mean MRR is over all periods. "
@@ -345,7 +346,8 @@ def main(argv=None) -> None:
     evaluate(BASELINE, None, dataset, data_dir, out_dir, logs)
 
     times = record_wall_time(out_dir, time.perf_counter() - started)
-    path = write_summary(dataset, out_dir, [*TRAINED, UNTRAINED, BASELINE], times)
+    command = f"python scripts/run_demo.py --quick --data {dataset}" if args.quick else f"make demo DATA={dataset}"
+    path = write_summary(dataset, out_dir, [*TRAINED, UNTRAINED, BASELINE], times, command)
     verdict = sanity_check(out_dir)
     with path.open("a", encoding="utf-8") as summary:
         summary.write(f"\n{verdict}\n")

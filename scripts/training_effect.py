@@ -15,6 +15,7 @@ writes `results/training_effect/<dataset>/summary.md` and `runs.json`. Finished 
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -35,6 +36,17 @@ CHANGEABLE = {
     "min_input": int,
 }
 OBJECTIVES = ("CLM", "FEP", "SUP", "FEP_SUP", "FEP_CLM", "FEP_CLM_SUP")
+# Ranges [low, high) that a changed value must fall in, so that a bad value fails before any run trains.
+VALID_RANGES = {
+    "batch_users": (1, math.inf),
+    "max_steps": (1, math.inf),
+    "learning_rate": (1e-12, math.inf),
+    "dropout": (0.0, 1.0),
+    "fep_window_size": (1, math.inf),
+    "gap": (0, math.inf),
+    "max_input": (3, math.inf),
+    "min_input": (3, math.inf),
+}
 # The demo's settings before any change; run_demo.train reads run_demo.MODEL, which each run resets from this.
 DEMO_MODEL = dict(run_demo.MODEL)
 
@@ -59,6 +71,10 @@ def parse_setting(text: str) -> tuple[str, dict]:
             raise argparse.ArgumentTypeError(
                 f"--setting {text!r}: {key}={value!r} is not a valid {CHANGEABLE[key].__name__}"
             )
+        low, high = VALID_RANGES.get(key, (None, None))
+        number = changes[key]
+        if low is not None and not (low <= number < high):
+            raise argparse.ArgumentTypeError(f"--setting {text!r}: {key}={value} must be in [{low}, {high}).")
     if changes.get("objective", "FEP_SUP") not in OBJECTIVES:
         raise argparse.ArgumentTypeError(f"--setting {text!r}: objective must be one of {', '.join(OBJECTIVES)}")
     return name, changes
@@ -94,6 +110,7 @@ def measure(name: str, changes: dict, seed: int, dataset: str, out_dir: Path, mo
     logs = out_dir / "logs"
     data_dir = run_demo.REPO_ROOT / run_demo.DATASETS[dataset]["data_dir"]
 
+    check_same_setting(out_dir / f"{run_name}-setting.json", run_name, changes)
     run_demo.MODEL.clear()
     run_demo.MODEL.update(DEMO_MODEL)
     run_demo.MODEL.update({key: value for key, value in changes.items() if key != "objective"}, seed=seed)
@@ -106,6 +123,23 @@ def measure(name: str, changes: dict, seed: int, dataset: str, out_dir: Path, mo
         untrained_dir, dataset, data_dir, out_dir / f"{run_name}-initial.json", logs / f"{run_name}-initial_reid.log"
     )
     return {"setting": name, "changes": changes, "objective": objective, "seed": seed, "initial": initial, "trained": trained}
+
+
+def check_same_setting(record: Path, run_name: str, changes: dict) -> None:
+    """Record a run's changes, or stop if an earlier run of the same name had other changes.
+
+    Finished runs are skipped by name, so a name reused with other changes would report the old run.
+    """
+    if record.exists():
+        earlier = json.loads(record.read_text(encoding="utf-8"))
+        if earlier != changes:
+            raise SystemExit(
+                f"run {run_name!r} was made with changes {earlier}, not {changes}; give this setting another "
+                f"name, or delete {record} and the run's model folder to redo it."
+            )
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(changes) + "\n", encoding="utf-8")
 
 
 def write_summary(dataset: str, runs: list[dict], out_dir: Path) -> Path:
@@ -140,10 +174,22 @@ def main(argv=None) -> None:
         f"Keys: {', '.join(CHANGEABLE)}",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="training seeds, each a separate run")
-    parser.add_argument("--output-dir", default="results/training_effect", help="folder for the results")
-    parser.add_argument("--artifacts-dir", default="artifacts_training_effect", help="folder for the trained models")
+    parser.add_argument(
+        "--output-dir", help="folder for the results (default: results/training_effect, with --quick results/training_effect-quick)"
+    )
+    parser.add_argument(
+        "--artifacts-dir",
+        help="folder for the trained models (default: artifacts_training_effect, with --quick artifacts_training_effect-quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="the demo's --quick sizes and data")
     args = parser.parse_args(argv)
+    names = [name for name, _ in args.settings]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        parser.error(f"--setting names must differ, but {', '.join(repeated)} is given more than once.")
+    suffix = "-quick" if args.quick else ""
+    args.output_dir = args.output_dir or f"results/training_effect{suffix}"
+    args.artifacts_dir = args.artifacts_dir or f"artifacts_training_effect{suffix}"
     if args.quick:
         run_demo.DATASETS.update(run_demo.QUICK_DATASETS)
         DEMO_MODEL.update(run_demo.QUICK_MODEL)
@@ -151,7 +197,8 @@ def main(argv=None) -> None:
 
     data_file = run_demo.REPO_ROOT / run_demo.DATASETS[args.data]["data_dir"] / "eval.tsv"
     if not data_file.is_file():
-        raise SystemExit(f"{data_file} is missing; prepare the data first with `scripts/run_demo.py --data {args.data}`")
+        prepare = " ".join(run_demo.DATASETS[args.data]["prepare"])
+        raise SystemExit(f"{data_file} is missing; prepare the data first with `python {prepare}`.")
     out_dir = run_demo.REPO_ROOT / args.output_dir / args.data
     models_dir = run_demo.REPO_ROOT / args.artifacts_dir / args.data
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,21 @@ def test_csv_keeps_newlines_inside_sequences():
     assert users.user_ids.count("d03") == 2
 
 
+def test_csv_sequence_over_field_limit(tmp_path):
+    # 200,000 characters: over the csv module's default limit of 131,072.
+    sequence = "ab\n" * 66_667
+    path = tmp_path / "long.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["sequence", "user_id"], [sequence, "u1"]])
+    limit_before = csv.field_size_limit()
+
+    users = read_user_sequences(path)
+
+    assert users.sequences == [sequence]
+    assert users.user_ids == ["u1"]
+    assert csv.field_size_limit() == limit_before
+
+
 def test_csv_without_user_id_numbers_rows(tmp_path):
     path = tmp_path / "plain.csv"
     path.write_text('sequence\n"ab\ncd"\nef\n')

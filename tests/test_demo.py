@@ -108,12 +108,33 @@ def test_training_effect_setting_parsing():
         ("w20:hidden_size=64", "changes 'hidden_size'; the settings that can change are"),
         ("w20:fep_window_size=big", "fep_window_size='big' is not a valid int"),
         ("w20:objective=MLM", "objective must be one of CLM, FEP, SUP, FEP_SUP"),
+        ("x:dropout=1.5", r"dropout=1.5 must be in \[0.0, 1.0\)"),
+        ("x:learning_rate=nan", r"learning_rate=nan must be in \[1e-12, inf\)"),
+        ("x:batch_users=0", r"batch_users=0 must be in \[1, inf\)"),
     ],
 )
 def test_training_effect_rejects_bad_setting(text, message):
     module = load_training_effect()
     with pytest.raises(module.argparse.ArgumentTypeError, match=message):
         module.parse_setting(text)
+
+
+def test_training_effect_rejects_repeated_names(capsys):
+    module = load_training_effect()
+    with pytest.raises(SystemExit) as stopped:
+        module.main(["--setting", "a:", "--setting", "a:dropout=0.5"])
+    assert stopped.value.code == 2
+    assert "--setting names must differ, but a is given more than once" in capsys.readouterr().err
+
+
+def test_training_effect_reused_name_other_changes(tmp_path):
+    module = load_training_effect()
+    record = tmp_path / "a-seed42-setting.json"
+    module.check_same_setting(record, "a-seed42", {"dropout": 0.0})
+    module.check_same_setting(record, "a-seed42", {"dropout": 0.0})
+    with pytest.raises(SystemExit, match="run 'a-seed42' was made with changes {'dropout': 0.0}, not {'dropout': 0.5}"):
+        module.check_same_setting(record, "a-seed42", {"dropout": 0.5})
+    assert json.loads(record.read_text(encoding="utf-8")) == {"dropout": 0.0}
 
 
 def test_wall_times_accumulate_over_reruns(tmp_path):

@@ -22,6 +22,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".txt", ".csv")
+# The csv module's default field limit is 131,072 characters, and one user's sequence can be longer.
+CSV_FIELD_SIZE_LIMIT = 2**31 - 1
 SEQUENCE_COLUMN = "sequence"
 USER_ID_COLUMN = "user_id"
 _HASH_BLOCK_BYTES = 1 << 20
@@ -141,6 +143,14 @@ def _read_txt(path: Path, name: str, result: UserSequences) -> FileStats:
 
 
 def _read_csv(path: Path, name: str, result: UserSequences) -> FileStats:
+    previous_limit = csv.field_size_limit(CSV_FIELD_SIZE_LIMIT)
+    try:
+        return _read_csv_rows(path, name, result)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _read_csv_rows(path: Path, name: str, result: UserSequences) -> FileStats:
     stats = FileStats(str(path))
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row does not stop the file.
     # utf-8-sig drops a leading byte-order mark, which would otherwise become part of the first header name.
