@@ -620,11 +620,17 @@ def main(argv: list[str] | None = None) -> int:
         max_train_users=args.max_train_users,
         max_train_len=args.max_train_len,
     )
-    if args.command == "dialog":
-        source = args.source if args.source is not None else download_chitchat_wheel(args.raw_dir)
-        prepare_dialog(source, args.output_dir, options)
-    else:
-        prepare_dna(args.source or REPO_ROOT / DNA_SUBSET_PATH, args.output_dir, options)
+    try:
+        # Before any download, so that a bad flag fails at once.
+        options.validate()
+        if args.command == "dialog":
+            source = args.source if args.source is not None else download_chitchat_wheel(args.raw_dir)
+            prepare_dialog(source, args.output_dir, options)
+        else:
+            prepare_dna(args.source or REPO_ROOT / DNA_SUBSET_PATH, args.output_dir, options)
+    except (ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
     return 0
 
 

@@ -347,6 +347,16 @@ def test_dna_main_is_deterministic(tmp_path, dna_slice_subset):
     assert read_bytes_of(tmp_path / "first") == read_bytes_of(tmp_path / "second")
 
 
+def test_main_bad_flag_fails_before_download(tmp_path, caplog):
+    raw = tmp_path / "raw"
+    argv = ["dialog", "--raw-dir", str(raw), "--output-dir", str(tmp_path / "out"), "--max-len", "0"]
+
+    assert prepare_data.main(argv) == 2
+    assert "max_len=0 is invalid. Pass --max-len of at least 1" in caplog.text
+    assert not raw.exists()
+    assert not (tmp_path / "out").exists()
+
+
 def test_dna_subset_titles_validated(tmp_path):
     bad = tmp_path / "bad.fasta"
     bad.write_text(">gb|AB1| Idiomarina baltica 16S\nACGT\n")
