@@ -199,6 +199,7 @@ def save_untrained(reference_dir: Path, model_dir: Path, dataset: str) -> None:
     rather than the luck of one random initialisation.
     """
     if (model_dir / "model.safetensors").exists():
+        logger.info("the untrained RetNet is already saved in %s; skipping", model_dir)
         return
     set_seed(MODEL["seed"])
     config = UserModelConfig.from_pretrained(reference_dir)
