@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         max_train_len=args.max_train_len,
     )
     try:
-        # Before any download, so that a bad flag fails at once.
+        # Validate before any download, so that a bad flag fails at once.
         options.validate()
         if args.command == "dialog":
             source = args.source if args.source is not None else download_chitchat_wheel(args.raw_dir)

@@ -57,8 +57,8 @@ DATASETS = {
         "tokenizer": "tokenizer/dna",
         "max_len": 1000,
         "period_len": 125,
-        # SUP segments 10 bases apart left USE's re-ID below its initial weights, likely because nearby
-        # segments share their rRNA region more than their species. 300 apart, it rose above them (README.md).
+        # SUP segments 300 bases apart, because 10 apart left USE's re-ID below its initial weights, likely
+        # since nearby segments share their rRNA region more than their species. README.md has the runs.
         "model": {"gap": 300},
     },
     "movielens": {

@@ -134,8 +134,8 @@ def check_same_setting(record: Path, run_name: str, changes: dict) -> None:
         earlier = json.loads(record.read_text(encoding="utf-8"))
         if earlier != changes:
             raise SystemExit(
-                f"run {run_name!r} was made with changes {earlier}, not {changes}; give this setting another "
-                f"name, or delete {record} and the run's model folder to redo it."
+                f"run {run_name!r} was trained with changes {earlier}, not {changes}. Give this setting another "
+                f"name, or delete {record} and the run's model folder to train it again."
             )
         return
     record.parent.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def test_training_effect_reused_name_other_changes(tmp_path):
     record = tmp_path / "a-seed42-setting.json"
     module.check_same_setting(record, "a-seed42", {"dropout": 0.0})
     module.check_same_setting(record, "a-seed42", {"dropout": 0.0})
-    with pytest.raises(SystemExit, match="run 'a-seed42' was made with changes {'dropout': 0.0}, not {'dropout': 0.5}"):
+    with pytest.raises(SystemExit, match="run 'a-seed42' was trained with changes {'dropout': 0.0}, not {'dropout': 0.5}"):
         module.check_same_setting(record, "a-seed42", {"dropout": 0.5})
     assert json.loads(record.read_text(encoding="utf-8")) == {"dropout": 0.0}
 
